@@ -1,0 +1,67 @@
+"""The Flask-SocketIO application.
+
+create_app() builds it from environment variables (realtime/config.py); `python app.py` runs one
+development process without a message queue. Add your own routes and events here or in new modules.
+"""
+
+import json
+import logging
+import os
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from realtime import events, health
+from realtime.config import Settings
+
+log = logging.getLogger("app")
+
+# One SocketIO object per process; create_app() binds it to the Flask app.
+socketio = SocketIO()
+events.register(socketio)
+
+
+def same_origin_or_listed(allowed):
+    """Origin check that keeps same-origin pages working when extra origins are listed."""
+
+    def check(origin, environ):
+        if origin in allowed:
+            return True
+        host = environ.get("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", "")).split(",")[0].strip()
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http")).split(",")[0]
+        return origin == f"{scheme.strip()}://{host}"
+
+    return check
+
+
+def create_app(settings=None):
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=settings.secret_key or os.urandom(32).hex(), SETTINGS=settings)
+    app.register_blueprint(health.bp)
+
+    socketio.init_app(
+        app,
+        message_queue=settings.redis_url or None,
+        channel=settings.message_queue_channel,
+        # None = same origin only (python-engineio); an empty list would disable the check entirely
+        cors_allowed_origins=same_origin_or_listed(settings.cors_allowed_origins)
+        if settings.cors_allowed_origins
+        else None,
+        cors_credentials=True,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_http_buffer_size,
+        cookie=settings.cookie.engineio_option(),
+    )
+    log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
+    return app
+
+
+if __name__ == "__main__":
+    # Local development: one process, no queue, no HAProxy.
+    os.environ.setdefault("APP_ENV", "development")
+    dev_app = create_app()
+    socketio.run(dev_app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "5000")))

@@ -1,0 +1,75 @@
+"""gunicorn settings for one Socket.IO instance: every knob from an environment variable with a default.
+
+One process serves one instance with exactly one worker: HAProxy can only stick a client to an
+address, and gunicorn spreads one address's connections over its workers without any stickiness.
+Run more instances (docker compose replicas, or scripts/stack's APP_REPLICAS) to use more cores.
+"""
+
+import json
+import os
+import sys
+
+# gevent-websocket's worker: python-engineio uses gevent-websocket whenever it is installed, and then
+# plain `-k gevent` fails every WebSocket request.
+WEBSOCKET_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+
+host = os.getenv("HOST", "0.0.0.0")
+port = os.getenv("PORT", "8000")
+bind = [os.getenv("BIND") or f"{host}:{port}"]
+wsgi_app = "wsgi:app"
+worker_class = WEBSOCKET_WORKER
+workers = 1
+# Each WebSocket holds one greenlet, a polling client up to two: this caps clients per instance.
+worker_connections = int(os.getenv("WORKER_CONNECTIONS", "2000"))
+# The gevent loop heartbeats while sockets are open, so this only catches a truly stuck worker.
+timeout = int(os.getenv("TIMEOUT", "60"))
+graceful_timeout = int(os.getenv("GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.getenv("KEEP_ALIVE", "75"))
+loglevel = os.getenv("LOG_LEVEL", "info").lower()
+accesslog = os.getenv("ACCESS_LOG", "-") or None
+errorlog = os.getenv("ERROR_LOG", "-")
+# HAProxy's address is the peer; the client's is in X-Forwarded-For.
+access_log_format = os.getenv(
+    "ACCESS_LOG_FORMAT",
+    '%({x-forwarded-for}i)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"',
+)
+# Restarting the only worker would drop every socket of this instance.
+max_requests = 0
+# preload_app would import the app (and its Redis client) before gevent patches the worker.
+preload_app = False
+# gunicorn's control socket defaults to one shared path per user: several instances on one host clash.
+control_socket_disable = True
+worker_tmp_dir = os.getenv("WORKER_TMP_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+proc_name = os.getenv("INSTANCE_NAME") or None
+
+
+def on_starting(server):
+    """Refuse more than one worker, whatever WEB_CONCURRENCY, GUNICORN_CMD_ARGS or -w asked for."""
+    cfg = server.cfg
+    if cfg.workers != 1:
+        sys.exit(
+            f"gunicorn.conf.py: refusing to start {cfg.workers} workers (asked by -w, WEB_CONCURRENCY or "
+            "GUNICORN_CMD_ARGS). Socket.IO long-polling needs every request of a client in one process and "
+            "gunicorn cannot make its workers sticky: run more instances behind HAProxy instead."
+        )
+    if cfg.worker_class_str != WEBSOCKET_WORKER:
+        sys.exit(
+            f"gunicorn.conf.py: refusing worker class {cfg.worker_class_str!r}: with gevent-websocket "
+            f"installed, WebSockets only work under {WEBSOCKET_WORKER}."
+        )
+    if cfg.max_requests:
+        sys.exit("gunicorn.conf.py: refusing max_requests: restarting the only worker drops every client.")
+    if cfg.preload_app:
+        sys.exit("gunicorn.conf.py: refusing preload_app: it imports the app before gevent patches it.")
+    effective = {
+        "bind": cfg.bind,
+        "worker_class": cfg.worker_class_str,
+        "workers": cfg.workers,
+        "worker_connections": cfg.worker_connections,
+        "timeout": cfg.timeout,
+        "graceful_timeout": cfg.graceful_timeout,
+        "keepalive": cfg.keepalive,
+        "loglevel": cfg.loglevel,
+        "accesslog": cfg.accesslog,
+    }
+    print(f"gunicorn effective config: {json.dumps(effective, sort_keys=True)}", file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""The template's building blocks; app.py wires them together."""

@@ -1,0 +1,193 @@
+"""Typed settings read from environment variables, validated once at start.
+
+Every variable, its default and its meaning is listed in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from email.utils import formatdate
+from time import time
+
+# Keys that must never be used outside development: they are public (in this repo or in tutorials).
+KNOWN_UNSAFE_SECRET_KEYS = {"", "dev", "changeme", "change-me", "secret", "development", "please-change-me"}
+SAMESITE_VALUES = {"Strict", "Lax", "None"}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe; the message names the variable."""
+
+
+def env_str(env, name, default=""):
+    return env.get(name, default).strip()
+
+
+def env_bool(env, name, default):
+    raw = env.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def env_number(env, name, default, kind=int, minimum=None):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def env_list(env, name):
+    return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    """The Engine.IO `io` cookie that HAProxy uses for sticky sessions."""
+
+    enabled: bool = True
+    name: str = "io"
+    path: str = "/"
+    domain: str = ""
+    http_only: bool = True
+    same_site: str = "Lax"  # Strict, Lax, None, or "" to leave the attribute out
+    secure: bool = False
+    max_age: int | None = None  # seconds; None = session cookie
+    expires: int | None = None  # seconds from the handshake; None = no Expires attribute
+
+    def validate(self):
+        if not self.enabled:
+            return
+        if not self.name or any(c in self.name for c in ' ;,="\t'):
+            raise ConfigError(f"IO_COOKIE_NAME={self.name!r} is not a valid cookie name")
+        if self.same_site and self.same_site not in SAMESITE_VALUES:
+            raise ConfigError(f"IO_COOKIE_SAMESITE={self.same_site!r} must be one of Strict, Lax, None")
+        if self.same_site == "None" and not self.secure:
+            raise ConfigError("IO_COOKIE_SAMESITE=None requires IO_COOKIE_SECURE=true (browsers drop it otherwise)")
+        if not self.path.startswith("/"):
+            raise ConfigError(f"IO_COOKIE_PATH={self.path!r} must start with /")
+
+    def engineio_option(self):
+        """The `cookie=` argument for python-engineio: its keys are written verbatim, values must be
+        str, True or a callable (an int or False raises TypeError at handshake), hence this builder."""
+        if not self.enabled:
+            return None
+        attrs = {"name": self.name, "Path": self.path}
+        if self.domain:
+            attrs["Domain"] = self.domain
+        if self.http_only:
+            attrs["HttpOnly"] = True
+        if self.same_site:
+            attrs["SameSite"] = self.same_site
+        if self.secure:
+            attrs["Secure"] = True
+        if self.max_age is not None:
+            attrs["Max-Age"] = str(self.max_age)
+        if self.expires is not None:
+            seconds = self.expires
+            attrs["Expires"] = lambda: formatdate(time() + seconds, usegmt=True)
+        return attrs
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "production"  # APP_ENV: production or development
+    secret_key: str = field(default="", repr=False)
+    instance_name: str = ""
+    redis_url: str = ""
+    message_queue_channel: str = "flask-socketio"
+    cors_allowed_origins: tuple[str, ...] = ()
+    ping_interval: int = 25
+    ping_timeout: int = 20
+    max_http_buffer_size: int = 1_000_000
+    cookie: CookieSettings = CookieSettings()
+    log_level: str = "INFO"
+
+    @property
+    def development(self):
+        return self.env == "development"
+
+    @classmethod
+    def from_env(cls, env=None, **overrides):
+        env = os.environ if env is None else env
+        cookie = CookieSettings(
+            enabled=env_bool(env, "IO_COOKIE", True),
+            name=env_str(env, "IO_COOKIE_NAME", "io"),
+            path=env_str(env, "IO_COOKIE_PATH", "/"),
+            domain=env_str(env, "IO_COOKIE_DOMAIN"),
+            http_only=env_bool(env, "IO_COOKIE_HTTPONLY", True),
+            same_site=env_str(env, "IO_COOKIE_SAMESITE", "Lax").capitalize(),
+            secure=env_bool(env, "IO_COOKIE_SECURE", False),
+            max_age=env_number(env, "IO_COOKIE_MAX_AGE", None, minimum=0),
+            expires=env_number(env, "IO_COOKIE_EXPIRES", None, minimum=0),
+        )
+        values = dict(
+            env=env_str(env, "APP_ENV", "production").lower(),
+            secret_key=env.get("SECRET_KEY", ""),
+            instance_name=env_str(env, "INSTANCE_NAME") or socket.gethostname(),
+            redis_url=env_str(env, "REDIS_URL"),
+            message_queue_channel=env_str(env, "SOCKETIO_CHANNEL", "flask-socketio"),
+            cors_allowed_origins=tuple(env_list(env, "CORS_ALLOWED_ORIGINS")),
+            ping_interval=env_number(env, "PING_INTERVAL", 25, minimum=1),
+            ping_timeout=env_number(env, "PING_TIMEOUT", 20, minimum=1),
+            max_http_buffer_size=env_number(env, "MAX_HTTP_BUFFER_SIZE", 1_000_000, minimum=1024),
+            cookie=cookie,
+            log_level=env_str(env, "LOG_LEVEL", "info").upper(),
+        )
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self):
+        if self.env not in ("production", "development"):
+            raise ConfigError(f"APP_ENV={self.env!r} must be production or development")
+        if not self.development:
+            if self.secret_key.strip().lower() in KNOWN_UNSAFE_SECRET_KEYS:
+                raise ConfigError(
+                    "SECRET_KEY is missing or a known default: set it to a long random value, e.g. "
+                    "`python -c 'import secrets; print(secrets.token_hex(32))'` "
+                    "(or APP_ENV=development for local work)"
+                )
+            if len(self.secret_key) < 16:
+                raise ConfigError("SECRET_KEY is shorter than 16 characters: use a long random value")
+        if "*" in self.cors_allowed_origins:
+            raise ConfigError("CORS_ALLOWED_ORIGINS=* would let any web site use your users' cookies: list origins")
+        for origin in self.cors_allowed_origins:
+            if not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"CORS_ALLOWED_ORIGINS entry {origin!r} must start with http:// or https://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"REDIS_URL={self.redis_url!r} must start with redis:// or rediss:// (other schemes would silently select Kombu)")
+        self.cookie.validate()
+
+    def public_dict(self):
+        """The effective settings with secrets masked, for the start-up log line."""
+        data = asdict(self)
+        data["secret_key"] = "***" if self.secret_key else "(unset)"
+        data["redis_url"] = mask_url_password(self.redis_url) or "(unset: single process, no message queue)"
+        data["development"] = self.development
+        return data
+
+
+def mask_url_password(url):
+    """redis://:pw@host/0 -> redis://:***@host/0"""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

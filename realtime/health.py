@@ -1,0 +1,43 @@
+"""Liveness and readiness routes for HAProxy and orchestrators (never /socket.io/: that makes sessions)."""
+
+import threading
+
+import redis
+from flask import Blueprint, current_app, jsonify
+
+bp = Blueprint("health", __name__)
+
+# Set when the instance starts draining for shutdown: /readyz turns 503 so HAProxy sends new clients elsewhere.
+draining = threading.Event()
+
+
+def message_queue_state():
+    url = current_app.config["SETTINGS"].redis_url
+    if not url:
+        return "none"
+    client = current_app.extensions.get("redis_probe")
+    if client is None:
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        current_app.extensions["redis_probe"] = client
+    try:
+        client.ping()
+        return "ok"
+    except redis.RedisError as exc:
+        return f"down: {type(exc).__name__}"
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", instance=current_app.config["SETTINGS"].instance_name)
+
+
+@bp.get("/readyz")
+def readyz():
+    # The queue's state is reported, never fatal: a Redis outage must not take every instance out at once.
+    ready = not draining.is_set()
+    body = dict(
+        ready=ready,
+        instance=current_app.config["SETTINGS"].instance_name,
+        message_queue=message_queue_state(),
+    )
+    return jsonify(body), 200 if ready else 503

@@ -1,0 +1,30 @@
+# Sourced by scripts/stack and scripts/test: sets up what the stack needs on a fresh machine.
+# REPO, VENV and PY are set for the caller.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-$REPO/.venv}
+PY=$VENV/bin/python
+
+need_system_packages() {
+  local missing=()
+  for tool in "$@"; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "bootstrap: missing ${missing[*]}; install them, e.g.: sudo apt-get install ${missing[*]}" >&2
+    return 1
+  fi
+}
+
+# Installs a requirements file into the virtualenv once per content change.
+pip_install() {
+  local file=$1 stamp
+  [ -x "$PY" ] || python3 -m venv "$VENV" || { echo "bootstrap: python3 -m venv failed (apt-get install python3-venv)" >&2; return 1; }
+  stamp=$VENV/.installed-$(basename "$file")-$(cat "$REPO"/requirements*.txt | sha256sum | cut -c1-16)
+  [ -f "$stamp" ] && return 0
+  echo "bootstrap: pip install -r $(basename "$file") into $VENV" >&2
+  "$PY" -m pip install -q --disable-pip-version-check -r "$file" >&2 && touch "$stamp"
+}

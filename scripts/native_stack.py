@@ -1,0 +1,336 @@
+"""The whole stack without Docker: Redis, APP_REPLICAS gunicorn instances and HAProxy, started from the
+repo's own wsgi.py, gunicorn.conf.py and haproxy/haproxy.cfg. Used by `scripts/stack` and by the tests.
+
+    scripts/stack up | status | down | restart-app NAME
+
+Environment: STACK_PORT (8080, HAProxy's public port), APP_REPLICAS (3), STACK_DIR (.stack/ in the repo),
+REDIS_URL (set it to use your own Redis instead of starting one); every other variable is passed to the
+app instances (see the README's configuration table).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HAPROXY_CFG = ROOT / "haproxy" / "haproxy.cfg"
+MAX_REPLICAS = 8  # server slots in haproxy.cfg's native branch
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port, host="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def haproxy_maxconn(ceiling=20000):
+    """The largest maxconn this machine's file-descriptor limit allows (two per connection)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return ceiling
+    return max(256, min(ceiling, (hard - 100) // 2))
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise StackError(f"timed out after {timeout}s waiting for {what}")
+
+
+def haproxy_command(sock_path, command):
+    """One command on HAProxy's runtime API socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(sock_path))
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+class Stack:
+    """A native stack whose state (pids, ports, logs) lives in one folder."""
+
+    def __init__(self, state_dir=None, port=None, replicas=None, env=None, python=None):
+        base_env = dict(os.environ if env is None else env)
+        self.env = base_env
+        self.dir = Path(state_dir or base_env.get("STACK_DIR") or ROOT / ".stack").resolve()
+        self.port = int(port or base_env.get("STACK_PORT") or 8080)
+        self.replicas = int(replicas or base_env.get("APP_REPLICAS") or 3)
+        self.python = python or sys.executable
+        self.state_file = self.dir / "state.json"
+        self.logs = self.dir / "logs"
+
+    # --- state --------------------------------------------------------------------------------------
+    def load(self):
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text())
+
+    def save(self, state):
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    # --- processes ----------------------------------------------------------------------------------
+    def spawn(self, name, argv, env):
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so `down` stops its children too
+        )
+        log.close()
+        return proc.pid
+
+    def app_env(self, state, app):
+        env = dict(self.env)
+        env.update(
+            INSTANCE_NAME=app["name"],
+            BIND=f"127.0.0.1:{app['port']}",
+            REDIS_URL=state["redis"]["url"],
+            SECRET_KEY=state["secret_key"],
+            PYTHONUNBUFFERED="1",
+        )
+        # the stack's own knobs are not app settings; GUNICORN_CMD_ARGS and WEB_CONCURRENCY still pass
+        for key in ("STACK_PORT", "STACK_DIR", "APP_REPLICAS"):
+            env.pop(key, None)
+        return env
+
+    def start_app(self, state, app):
+        gunicorn = str(Path(self.python).with_name("gunicorn"))
+        argv = [gunicorn, "--config", str(ROOT / "gunicorn.conf.py")]
+        app["pid"] = self.spawn(app["name"], argv, self.app_env(state, app))
+
+    def haproxy_env(self, state):
+        env = dict(self.env)
+        env.update(
+            HAPROXY_BIND=f"127.0.0.1:{state['port']}",
+            HAPROXY_STATS_BIND=f"127.0.0.1:{state['haproxy']['stats_port']}",
+            HAPROXY_STATS_USER="admin",
+            HAPROXY_STATS_PASSWORD=state["haproxy"]["stats_password"],
+            HAPROXY_RUNTIME_SOCKET=state["haproxy"]["socket"],
+        )
+        env.setdefault("HAPROXY_MAXCONN", str(haproxy_maxconn()))
+        for key in [k for k in env if k.startswith("APP") and k.endswith("_ADDR")]:
+            del env[key]
+        env.pop("APP_DNS_NAME", None)
+        for index, app in enumerate(state["apps"], start=1):
+            env[f"APP{index}_ADDR"] = f"127.0.0.1:{app['port']}"
+        return env
+
+    # --- commands -----------------------------------------------------------------------------------
+    def up(self, timeout=60):
+        current = self.load()
+        if current and any(pid_alive(pid) for pid in self.pids(current)):
+            raise StackError(f"a stack is already running from {self.dir} (scripts/stack down first)")
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise StackError(f"APP_REPLICAS={self.replicas}: haproxy.cfg has slots for 1 to {MAX_REPLICAS}")
+        if not port_is_free(self.port):
+            raise StackError(f"STACK_PORT={self.port} is taken: choose another one")
+        for tool in ("haproxy", "redis-server"):
+            if not shutil.which(tool):
+                raise StackError(f"{tool} is not installed: apt-get install haproxy redis-server")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".gitignore").write_text("*\n")
+        state = {
+            "port": self.port,
+            "secret_key": self.env.get("SECRET_KEY") or secrets.token_hex(32),
+            "apps": [{"name": f"app{i}", "port": free_port()} for i in range(1, self.replicas + 1)],
+            "haproxy": {
+                "stats_port": free_port(),
+                "stats_password": secrets.token_urlsafe(12),
+                "socket": str(self.dir / "haproxy.sock"),
+                "pidfile": str(self.dir / "haproxy.pid"),
+            },
+        }
+        if self.env.get("REDIS_URL"):
+            state["redis"] = {"url": self.env["REDIS_URL"], "pid": None, "external": True}
+        else:
+            redis_port = free_port()
+            state["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "port": redis_port}
+            state["redis"]["pid"] = self.spawn(
+                "redis",
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir)],
+                dict(os.environ),
+            )
+        self.save(state)
+        try:
+            if state["redis"].get("port"):
+                wait_for(lambda: not port_is_free(state["redis"]["port"]), 10, "redis-server to listen")
+            for app in state["apps"]:
+                self.start_app(state, app)
+            self.save(state)
+            for app in state["apps"]:
+                wait_for(lambda a=app: self.app_ready(a), timeout, f"{app['name']} to answer /readyz")
+            self.start_haproxy(state)
+            self.save(state)
+            self.wait_all_up(state, timeout)
+        except Exception:
+            self.down()
+            raise
+        return self.status()
+
+    def start_haproxy(self, state):
+        subprocess.run(["haproxy", "-c", "-q", "-f", str(HAPROXY_CFG)], env=self.haproxy_env(state), check=True)
+        argv = ["haproxy", "-W", "-f", str(HAPROXY_CFG), "-p", state["haproxy"]["pidfile"]]
+        state["haproxy"]["pid"] = self.spawn("haproxy", argv, self.haproxy_env(state))
+
+    def reload_haproxy(self, state=None):
+        """Graceful reload: the master starts new workers, old ones finish their connections."""
+        state = state or self.load()
+        os.kill(state["haproxy"]["pid"], signal.SIGUSR2)
+
+    def app_ready(self, app):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{app['port']}/readyz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def server_states(self, state=None):
+        """{server name: HAProxy status (UP, DOWN, MAINT, ...)} from the runtime API."""
+        state = state or self.load()
+        text = haproxy_command(state["haproxy"]["socket"], "show stat")
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "app"
+                and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def wait_all_up(self, state, timeout):
+        names = {app["name"] for app in state["apps"]}
+
+        def all_up():
+            try:
+                states = self.server_states(state)
+            except OSError:
+                return False
+            return all(states.get(name, "").startswith("UP") for name in names)
+
+        wait_for(all_up, timeout, "HAProxy to report every app server UP", interval=0.2)
+
+    def pids(self, state):
+        pids = [app.get("pid") for app in state["apps"]]
+        pids += [state["redis"].get("pid"), state["haproxy"].get("pid")]
+        return [pid for pid in pids if pid]
+
+    def status(self):
+        state = self.load()
+        if state is None:
+            return {"running": False}
+        stats_auth = f"admin:{state['haproxy']['stats_password']}"
+        return {
+            "url": f"http://127.0.0.1:{state['port']}",
+            "apps": [
+                {"name": app["name"], "url": f"http://127.0.0.1:{app['port']}", "pid": app.get("pid"),
+                 "alive": bool(app.get("pid")) and pid_alive(app["pid"])}
+                for app in state["apps"]
+            ],
+            "redis": {"url": state["redis"]["url"], "pid": state["redis"].get("pid")},
+            "haproxy": {
+                "pid": state["haproxy"].get("pid"),
+                "stats_url": f"http://{stats_auth}@127.0.0.1:{state['haproxy']['stats_port']}/stats",
+                "metrics_url": f"http://127.0.0.1:{state['haproxy']['stats_port']}/metrics",
+                "runtime_socket": state["haproxy"]["socket"],
+            },
+            "logs": str(self.logs),
+        }
+
+    def stop_pid(self, pid, timeout=25):
+        """SIGTERM the process group, then SIGKILL what is left after `timeout` seconds."""
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
+                if finished:
+                    return
+            except ChildProcessError:
+                if not pid_alive(pid):
+                    return
+            time.sleep(0.05)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def down(self):
+        state = self.load()
+        if state is None:
+            return
+        if state["haproxy"].get("pid"):
+            self.stop_pid(state["haproxy"]["pid"], timeout=5)
+        for app in state["apps"]:
+            if app.get("pid"):
+                self.stop_pid(app["pid"])
+        if state["redis"].get("pid"):
+            self.stop_pid(state["redis"]["pid"])
+        self.state_file.unlink(missing_ok=True)
+
+
+def main(argv):
+    command = argv[1] if len(argv) > 1 else "status"
+    stack = Stack()
+    try:
+        if command == "up":
+            print(json.dumps(stack.up(), indent=2))
+        elif command == "status":
+            print(json.dumps(stack.status(), indent=2))
+        elif command == "down":
+            stack.down()
+            print(json.dumps({"running": False}))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except (StackError, subprocess.CalledProcessError) as exc:
+        print(f"scripts/stack {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
