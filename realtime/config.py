@@ -10,6 +10,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
 from time import time
+from urllib.parse import quote
 
 # Keys that must never be used outside development: they are public (in this repo or in tutorials).
 KNOWN_UNSAFE_SECRET_KEYS = {"", "dev", "changeme", "change-me", "secret", "development", "please-change-me"}
@@ -49,6 +50,26 @@ def env_number(env, name, default, kind=int, minimum=None):
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
     return value
+
+
+def env_secret(env, name):
+    """NAME, or the content of the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        try:
+            with open(path) as secret_file:
+                return secret_file.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from None
+    return env.get(name, "")
+
+
+def with_password(url, password):
+    """Put a password into a redis:// URL that has none (REDIS_PASSWORD / REDIS_PASSWORD_FILE)."""
+    if not url or not password or "@" in url.split("://", 1)[-1]:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://:{quote(password, safe='')}@{rest}"
 
 
 def env_list(env, name):
@@ -137,9 +158,9 @@ class Settings:
         )
         values = dict(
             env=env_str(env, "APP_ENV", "production").lower(),
-            secret_key=env.get("SECRET_KEY", ""),
+            secret_key=env_secret(env, "SECRET_KEY"),
             instance_name=env_str(env, "INSTANCE_NAME") or socket.gethostname(),
-            redis_url=env_str(env, "REDIS_URL"),
+            redis_url=with_password(env_str(env, "REDIS_URL"), env_secret(env, "REDIS_PASSWORD")),
             message_queue_channel=env_str(env, "SOCKETIO_CHANNEL", "flask-socketio"),
             cors_allowed_origins=tuple(env_list(env, "CORS_ALLOWED_ORIGINS")),
             ping_interval=env_number(env, "PING_INTERVAL", 25, minimum=1),
