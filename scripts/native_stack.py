@@ -92,13 +92,14 @@ def haproxy_command(sock_path, command):
 class Stack:
     """A native stack whose state (pids, ports, logs) lives in one folder."""
 
-    def __init__(self, state_dir=None, port=None, replicas=None, env=None, python=None):
+    def __init__(self, state_dir=None, port=None, replicas=None, env=None, python=None, message_queue=True):
         base_env = dict(os.environ if env is None else env)
         self.env = base_env
         self.dir = Path(state_dir or base_env.get("STACK_DIR") or ROOT / ".stack").resolve()
         self.port = int(port or base_env.get("STACK_PORT") or 8080)
         self.replicas = int(replicas or base_env.get("APP_REPLICAS") or 3)
         self.python = python or sys.executable
+        self.message_queue = message_queue  # False: instances run without Redis (a test control)
         self.state_file = self.dir / "state.json"
         self.logs = self.dir / "logs"
 
@@ -127,7 +128,7 @@ class Stack:
         env.update(
             INSTANCE_NAME=app["name"],
             BIND=f"127.0.0.1:{app['port']}",
-            REDIS_URL=state["redis"]["url"],
+            REDIS_URL=state["redis"]["url"] if self.message_queue else "",
             SECRET_KEY=state["secret_key"],
             PYTHONUNBUFFERED="1",
         )

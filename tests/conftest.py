@@ -1,0 +1,144 @@
+"""Fixtures that build what each test needs: an app for unit tests, and real native stacks
+(Redis + gunicorn instances + HAProxy on free loopback ports) for end-to-end tests."""
+
+import os
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from native_stack import Stack, free_port  # noqa: E402
+
+from realtime.config import Settings  # noqa: E402
+
+
+def stack_env(**overrides):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "STACK_DIR", "STACK_PORT", "APP_REPLICAS")}
+    env.update(APP_ENV="production", SECRET_KEY=secrets.token_hex(32), LOG_LEVEL="info")
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def make_stack(tmp_path_factory):
+    """Factory: make_stack(replicas=3, message_queue=True, **env) starts a stack, stopped at session end."""
+    started = []
+
+    def make(replicas=3, message_queue=True, **env):
+        stack = Stack(
+            state_dir=tmp_path_factory.mktemp("stack"), port=free_port(), replicas=replicas,
+            env=stack_env(**env), message_queue=message_queue,
+        )
+        stack.up()
+        started.append(stack)
+        return stack
+
+    yield make
+    for stack in started:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack(make_stack):
+    """The template as shipped: 3 instances, Redis, HAProxy. Shared: tests must not break it."""
+    return make_stack()
+
+
+@pytest.fixture
+def own_stack(tmp_path):
+    """A stack for one test that may kill or reconfigure parts of it; stopped right after the test."""
+    stacks = []
+
+    def make(replicas=3, message_queue=True, **env):
+        stack = Stack(state_dir=tmp_path / f"stack{len(stacks)}", port=free_port(), replicas=replicas,
+                      env=stack_env(**env), message_queue=message_queue)
+        stacks.append(stack)
+        stack.up()
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.down()
+
+
+class Recorder:
+    """A python-socketio client that records every event it receives."""
+
+    def __init__(self, url, transports=None, **client_options):
+        self.url = url
+        self.transports = transports
+        self.client = socketio.Client(reconnection_delay=0.5, reconnection_delay_max=1, **client_options)
+        self.received = []
+        self.disconnects = 0
+        self.lock = threading.Lock()
+        self.client.on("*", self._record)
+        self.client.on("disconnect", self._disconnected)
+
+    def _record(self, event, *args):
+        with self.lock:
+            self.received.append((event, args[0] if args else None))
+
+    def _disconnected(self, *_reason):
+        self.disconnects += 1
+
+    def connect(self, **kwargs):
+        self.client.connect(self.url, transports=self.transports, wait_timeout=10, **kwargs)
+        return self
+
+    def call(self, event, data=None, timeout=10):
+        return self.client.call(event, data, timeout=timeout)
+
+    def events(self, name):
+        with self.lock:
+            return [data for event, data in self.received if event == name]
+
+    def wait_for(self, name, predicate=lambda data: True, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(predicate(data) for data in self.events(name)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.client.disconnect()
+
+
+@pytest.fixture
+def clients():
+    """Factory for Recorder clients; all are disconnected after the test."""
+    made = []
+
+    def make(url, transports=None, connect=True, **options):
+        recorder = Recorder(url, transports=transports, **options)
+        made.append(recorder)
+        return recorder.connect() if connect else recorder
+
+    yield make
+    for recorder in made:
+        try:
+            recorder.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def app():
+    """An app in development mode without a message queue, for Flask-SocketIO's test client."""
+    from app import create_app
+
+    return create_app(Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "unit"}))
+
+
+@pytest.fixture
+def sio_test_client(app):
+    from app import socketio as server
+
+    return lambda **kwargs: server.test_client(app, **kwargs)
