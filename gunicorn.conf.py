@@ -61,6 +61,14 @@ def on_starting(server):
         sys.exit("gunicorn.conf.py: refusing max_requests: restarting the only worker drops every client.")
     if cfg.preload_app:
         sys.exit("gunicorn.conf.py: refusing preload_app: it imports the app before gevent patches it.")
+    # Check the app's settings here, in the master, so a bad one is one clear line, not a boot loop.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from realtime.config import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
     effective = {
         "bind": cfg.bind,
         "worker_class": cfg.worker_class_str,

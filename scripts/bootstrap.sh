@@ -28,3 +28,16 @@ pip_install() {
   echo "bootstrap: pip install -r $(basename "$file") into $VENV" >&2
   "$PY" -m pip install -q --disable-pip-version-check -r "$file" >&2 && touch "$stamp"
 }
+
+# Node packages (socket.io-client for the demo page and the Node test client), once per lock change.
+npm_install() {
+  local stamp
+  stamp=$REPO/node_modules/.installed-$(sha256sum "$REPO/package-lock.json" | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    echo "bootstrap: npm ci" >&2
+    (cd "$REPO" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$stamp"
+  fi
+  if grep -q '"build"' "$REPO/package.json"; then
+    (cd "$REPO" && npm run --silent build >&2)
+  fi
+}
