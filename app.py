@@ -7,11 +7,14 @@ development process without a message queue. Add your own routes and events here
 import json
 import logging
 import os
+import secrets
 
 from flask import Flask
 from flask_socketio import SocketIO
+from werkzeug.http import dump_cookie
 
-from realtime import events, health
+from realtime import auth, events, health
+from realtime.engineio_headers import EngineIOHeaders
 from realtime.config import Settings
 
 log = logging.getLogger("app")
@@ -19,6 +22,21 @@ log = logging.getLogger("app")
 # One SocketIO object per process; create_app() binds it to the Flask app.
 socketio = SocketIO()
 events.register(socketio)
+# Headers (e.g. cookies) for Engine.IO responses; see realtime/engineio_headers.py.
+engineio_headers = EngineIOHeaders()
+
+
+@engineio_headers.initial_headers
+def set_uid_cookie(headers, request):
+    """The cookie guide's first example: a cookie set on the handshake only."""
+    headers.append(("Set-Cookie", dump_cookie("uid", secrets.token_hex(8), path="/", samesite="Strict")))
+
+
+@engineio_headers.headers
+def set_random_id_cookie(headers, request):
+    """The guide's second example: a cookie set on any Engine.IO response to a client that lacks it."""
+    if "randomId" not in request.cookies:
+        headers.append(("Set-Cookie", dump_cookie("randomId", secrets.token_hex(8), path="/", max_age=86400)))
 
 
 def same_origin_or_listed(allowed):
@@ -39,8 +57,14 @@ def create_app(settings=None):
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key or os.urandom(32).hex(), SETTINGS=settings)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or os.urandom(32).hex(),
+        SETTINGS=settings,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.cookie.secure,
+    )
     app.register_blueprint(health.bp)
+    auth.init_app(app, settings)
 
     socketio.init_app(
         app,
@@ -56,6 +80,7 @@ def create_app(settings=None):
         max_http_buffer_size=settings.max_http_buffer_size,
         cookie=settings.cookie.engineio_option(),
     )
+    app.wsgi_app = engineio_headers.wrap(app.wsgi_app)
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 

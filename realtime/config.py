@@ -136,6 +136,7 @@ class Settings:
     ping_timeout: int = 20
     max_http_buffer_size: int = 1_000_000
     cookie: CookieSettings = CookieSettings()
+    require_login: bool = False
     log_level: str = "INFO"
 
     @property
@@ -167,6 +168,7 @@ class Settings:
             ping_timeout=env_number(env, "PING_TIMEOUT", 20, minimum=1),
             max_http_buffer_size=env_number(env, "MAX_HTTP_BUFFER_SIZE", 1_000_000, minimum=1024),
             cookie=cookie,
+            require_login=env_bool(env, "REQUIRE_LOGIN", False),
             log_level=env_str(env, "LOG_LEVEL", "info").upper(),
         )
         values.update(overrides)

@@ -1,7 +1,9 @@
 """The demo Socket.IO events. They are also the contract that the tests and the benchmark use."""
 
-from flask import current_app, request
-from flask_socketio import emit, join_room, leave_room
+from flask import current_app, request, session
+from flask_socketio import ConnectionRefusedError, emit, join_room, leave_room
+
+from realtime.auth import signed_in_user
 
 MAX_ROOM_NAME = 64
 MAX_MESSAGE = 2000
@@ -20,6 +22,14 @@ def room_name(data):
 
 
 def register(socketio):
+    @socketio.on("connect")
+    def connect(auth=None):
+        # May block (the user lookup does I/O): under gevent only this client waits.
+        user = signed_in_user()
+        if user is None and current_app.config["SETTINGS"].require_login:
+            raise ConnectionRefusedError("sign in first: POST /login with {'name': ...}, then connect again")
+        session["user"] = user or f"guest-{request.sid[:6]}"  # the handlers' copy of the Flask session
+
     @socketio.on("echo")
     def echo(data=None):
         return data
@@ -62,6 +72,7 @@ def register(socketio):
             "room": room,
             "message": message,
             "sid": request.sid,
+            "user": session.get("user"),
             "instance": current_app.config["SETTINGS"].instance_name,
         }
         emit("message", payload, to=room)

@@ -26,6 +26,13 @@ def message_queue_state():
         return f"down: {type(exc).__name__}"
 
 
+def connection_counts():
+    """Socket.IO clients connected to this instance, and Engine.IO sessions (connected or not)."""
+    server = current_app.extensions["socketio"].server
+    clients = server.manager.rooms.get("/", {}).get(None, {})
+    return {"clients": len(clients), "engineio_sessions": len(server.eio.sockets)}
+
+
 @bp.get("/healthz")
 def healthz():
     return jsonify(status="ok", instance=current_app.config["SETTINGS"].instance_name)
@@ -39,5 +46,6 @@ def readyz():
         ready=ready,
         instance=current_app.config["SETTINGS"].instance_name,
         message_queue=message_queue_state(),
+        **connection_counts(),
     )
     return jsonify(body), 200 if ready else 503

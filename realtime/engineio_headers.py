@@ -1,0 +1,55 @@
+"""Extra HTTP headers (e.g. application cookies) on Engine.IO responses: Flask's version of the Node
+server's `io.engine.on("initial_headers")` and `io.engine.on("headers")`.
+
+    @engineio_headers.initial_headers          # the polling handshake only
+    def set_uid(headers, request): headers.append(("Set-Cookie", ...))
+
+    @engineio_headers.headers                  # every Engine.IO HTTP response (handshake and polls)
+    def set_random_id(headers, request): ...
+
+`request` is a werkzeug Request (request.cookies, request.headers, request.args). A hook may do
+blocking I/O: under gevent it only pauses this request.
+
+Not covered: the WebSocket upgrade's `101 Switching Protocols`. gevent-websocket's worker sends it
+before the application runs, so no WSGI middleware can add headers to it. Set cookies on the polling
+handshake instead (clients start with polling by default), or add them in HAProxy
+(`http-response add-header Set-Cookie ... if { status 101 }`).
+"""
+
+from werkzeug.wrappers import Request
+
+
+class EngineIOHeaders:
+    def __init__(self):
+        self.handshake_hooks = []
+        self.request_hooks = []
+
+    def initial_headers(self, hook):
+        self.handshake_hooks.append(hook)
+        return hook
+
+    def headers(self, hook):
+        self.request_hooks.append(hook)
+        return hook
+
+    def wrap(self, wsgi_app, path="/socket.io/"):
+        """WSGI middleware around Flask-SocketIO's, adding the hooks' headers to Engine.IO responses."""
+
+        def middleware(environ, start_response):
+            if not environ.get("PATH_INFO", "").startswith(path) or environ.get("HTTP_UPGRADE"):
+                return wsgi_app(environ, start_response)
+            request = Request(environ)
+            is_handshake = request.method == "GET" and "sid" not in request.args
+
+            def start_with_headers(status, headers, exc_info=None):
+                if status.startswith("200"):
+                    if is_handshake:
+                        for hook in self.handshake_hooks:
+                            hook(headers, request)
+                    for hook in self.request_hooks:
+                        hook(headers, request)
+                return start_response(status, headers, exc_info)
+
+            return wsgi_app(environ, start_with_headers)
+
+        return middleware
