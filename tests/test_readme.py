@@ -1,0 +1,51 @@
+"""The README stays true: its commands exist and its configuration table lists every variable read."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+# Where settings are read: Python env look-ups and HAProxy's "${VAR}" / .if defined(VAR).
+SOURCES = ["gunicorn.conf.py", "haproxy/haproxy.cfg", "scripts/native_stack.py", *map(str, (ROOT / "realtime").glob("*.py"))]
+PATTERNS = [
+    r'os\.getenv\("([A-Z][A-Z0-9_]+)"',
+    r'os\.environ\.get\("([A-Z][A-Z0-9_]+)"',
+    r'env_(?:str|bool|number|list|secret)\(env, "([A-Z][A-Z0-9_]+)"',
+    r'\$\{([A-Z][A-Z0-9_]+)',
+    r"defined\(([A-Z][A-Z0-9_]+)\)",
+    r'base_env\.get\("([A-Z][A-Z0-9_]+)"',
+]
+
+
+def variables_read():
+    found = set()
+    for source in SOURCES:
+        text = (ROOT / source).read_text()
+        for pattern in PATTERNS:
+            found.update(re.findall(pattern, text))
+    return found
+
+
+def documented():
+    table_rows = [line for line in README.splitlines() if line.startswith("| `")]
+    names = set()
+    for row in table_rows:
+        first_cell = row.split("|")[1]
+        names.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", first_cell))
+        if "APP1_ADDR" in first_cell:
+            names.update(f"APP{i}_ADDR" for i in range(1, 9))
+    return names
+
+
+def test_every_variable_read_is_in_the_configuration_table():
+    missing = variables_read() - documented()
+    assert not missing, f"add to the README's configuration table: {sorted(missing)}"
+
+
+def test_the_first_lines_give_the_two_commands_and_they_exist():
+    head = "\n".join(README.splitlines()[:5])
+    assert "`docker compose up --build`" in head and "`scripts/stack up`" in head and "`scripts/test`" in head
+    for script in ("scripts/stack", "scripts/test", ".ci/run"):
+        assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
