@@ -1,0 +1,43 @@
+# One Socket.IO instance: gunicorn with one gevent-websocket worker, configured by gunicorn.conf.py and
+# environment variables. Run several of these behind HAProxy (docker-compose.yml) to use more cores.
+
+# --- static assets: socket.io-client from package-lock.json -----------------------------------------
+FROM node:20-bookworm-slim AS assets
+WORKDIR /src
+# The wildcard lets the build go on when the project has no package.json (BuildKit copies nothing).
+COPY package*.json ./
+RUN if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
+COPY . .
+RUN if [ -f package.json ]; then npm run build; fi \
+    && mkdir -p static
+
+# --- Python dependencies, pinned in requirements.txt, in a virtualenv copied into the final image -----
+FROM python:3.11-slim-bookworm AS python-deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip check
+
+# --- runtime ----------------------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Fixed ids: docker-compose.yml's secrets-init gives this group read access to the generated secrets.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
+COPY --from=python-deps /opt/venv /opt/venv
+WORKDIR /app
+# app.py, wsgi.py, gunicorn.conf.py, realtime/, templates/, static/ ... filtered by .dockerignore.
+# Files stay owned by root: the app cannot change its own code (and runs fine on a read-only root).
+COPY . .
+COPY --from=assets /src/static ./static
+USER 10001:10001
+EXPOSE 8000
+# Liveness only (no Redis round trip); slim images have no curl, so Python asks. Follows PORT if set.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
+# The same command as the native stack (scripts/native_stack.py start_app): every setting is in the file.
+CMD ["gunicorn", "--config", "gunicorn.conf.py"]
