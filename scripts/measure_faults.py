@@ -1,0 +1,1031 @@
+"""Fault scenarios against a real native stack (HAProxy, Redis, gunicorn instances, python-socketio clients),
+measured. tests/test_faults.py runs them small and asserts on the results; this script runs them at a
+larger size and writes the figures:
+
+    .venv/bin/python scripts/measure_faults.py            # docs/faults.json + the table in docs/operations.md
+    .venv/bin/python scripts/measure_faults.py --quick    # smaller, for a try
+    .venv/bin/python scripts/measure_faults.py --only kill9,reload --no-write
+
+Every number in docs/operations.md's fault table comes from here: edit the scenarios, not the table.
+Scenarios: kill9, rolling_restart, redis_outage, redis_at_start, reload, bad_input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import socketio
+import websocket
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from native_stack import ROOT, Stack, free_port, port_is_free, wait_for  # noqa: E402
+from rolling_restart import restart_instance  # noqa: E402
+
+DOCS = ROOT / "docs"
+FAULTS_JSON = DOCS / "faults.json"
+OPERATIONS_MD = DOCS / "operations.md"
+TABLE_BEGIN = "<!-- fault table: written by scripts/measure_faults.py, do not edit -->"
+TABLE_END = "<!-- end of fault table -->"
+
+
+def now():
+    return time.monotonic()
+
+
+def stack_env(**overrides):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "STACK_DIR", "STACK_PORT", "APP_REPLICAS")}
+    env.update(APP_ENV="production", SECRET_KEY=secrets.token_hex(32), LOG_LEVEL="info")
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+# --- clients ------------------------------------------------------------------------------------------
+class LoadClient:
+    """A python-socketio client that records connects, disconnects and every echo it makes."""
+
+    def __init__(self, url, transports=None, ssl_verify=True):
+        self.url = url
+        self.transports = transports
+        self.sio = socketio.Client(reconnection_delay=0.5, reconnection_delay_max=1, ssl_verify=ssl_verify)
+        self.lock = threading.Lock()
+        self.connects = []
+        self.disconnects = []
+        self.echoes = []  # (start time, latency or None if it failed)
+        self.events = []
+        self.sio.on("connect", lambda: self._at(self.connects))
+        self.sio.on("disconnect", lambda *_: self._at(self.disconnects))
+        self.sio.on("*", self._event)
+
+    def _at(self, times):
+        with self.lock:
+            times.append(now())
+
+    def _event(self, event, *args):
+        with self.lock:
+            self.events.append((event, args[0] if args else None))
+
+    def connect(self):
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=10)
+        return self
+
+    def echo(self, timeout=2):
+        start = now()
+        try:
+            ok = self.sio.call("echo", start, timeout=timeout) == start
+        except Exception:  # noqa: BLE001 - not connected, timeout: a failed echo
+            ok = False
+        with self.lock:
+            self.echoes.append((start, now() - start if ok else None))
+        return ok
+
+    def whoami(self):
+        return self.sio.call("whoami", timeout=5)
+
+    def received(self, name, value=None, where=None):
+        """True once an event `name` arrived with data == value (or for which where(data) is true)."""
+        with self.lock:
+            return any(event == name and (where(data) if where else data == value) for event, data in self.events)
+
+    def first_connect_after(self, moment):
+        with self.lock:
+            return next((t for t in self.connects if t >= moment), None)
+
+    def first_success_after(self, moment):
+        with self.lock:
+            return next((start + lat for start, lat in self.echoes if start >= moment and lat is not None), None)
+
+    def failures_after(self, moment):
+        with self.lock:
+            return sum(1 for start, lat in self.echoes if start >= moment and lat is None)
+
+    def close(self):
+        try:
+            self.sio.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Load:
+    """`count` clients (every `polling_every`-th one polling-only), each echoing every `interval` seconds."""
+
+    def __init__(self, url, count, interval=0.2, polling_every=3, ssl_verify=True):
+        self.clients = [
+            LoadClient(url, ["polling"] if polling_every and i % polling_every == 0 else None, ssl_verify=ssl_verify)
+            for i in range(count)
+        ]
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.threads = []
+
+    def start(self):
+        for client in self.clients:
+            client.connect()
+        for client in self.clients:
+            thread = threading.Thread(target=self._run, args=(client,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def _run(self, client):
+        time.sleep(random.random() * self.interval)
+        while not self.stopping.is_set():
+            client.echo()
+            self.stopping.wait(self.interval)
+
+    def placement(self, timeout=20):
+        """{id(client): instance name}, once every client is connected (some may be reconnecting)."""
+        wait_for(lambda: all(c.sio.connected for c in self.clients), timeout, "every client to be connected")
+        found = {}
+        deadline = now() + timeout
+        while len(found) < len(self.clients) and now() < deadline:
+            for client in self.clients:
+                if id(client) not in found:
+                    try:
+                        found[id(client)] = client.whoami()
+                    except Exception:  # noqa: BLE001 - it just lost its connection: ask again
+                        time.sleep(0.1)
+        return found
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        for client in self.clients:
+            client.close()
+
+    def latencies(self, start=0.0, end=float("inf"), clients=None):
+        values = []
+        for client in clients or self.clients:
+            with client.lock:
+                values += [lat for t, lat in client.echoes if start <= t < end and lat is not None]
+        return values
+
+
+class Handshakes:
+    """New clients, one after another at `rate` per second: connect (polling, then WebSocket upgrade), one echo,
+    disconnect. Counts the ones that fail anywhere."""
+
+    def __init__(self, url, rate=5.0, ssl_verify=True):
+        self.url = url
+        self.rate = rate
+        self.ssl_verify = ssl_verify
+        self.ok = 0
+        self.failed = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stopping.is_set():
+            started = now()
+            client = socketio.Client(reconnection=False, ssl_verify=self.ssl_verify)
+            try:
+                client.connect(self.url, wait_timeout=10)
+                if client.call("echo", "hi", timeout=5) != "hi":
+                    raise RuntimeError("wrong echo")
+                self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - any failure counts
+                self.failed.append(f"{type(exc).__name__}: {exc}"[:120])
+            finally:
+                try:
+                    client.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+            self.stopping.wait(max(0.0, 1 / self.rate - (now() - started)))
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=20)
+        return {"ok": self.ok, "failed": len(self.failed), "errors": sorted(set(self.failed))[:5]}
+
+
+# --- logs ---------------------------------------------------------------------------------------------
+class LogWindow:
+    """Lines the stack's app logs gained since start()."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.offsets = {}
+
+    def start(self):
+        for path in self.stack.logs.glob("app*.log"):
+            self.offsets[path] = path.stat().st_size
+        return self
+
+    def lines(self):
+        found = []
+        for path in sorted(self.stack.logs.glob("app*.log")):
+            with open(path, "rb") as log:
+                log.seek(self.offsets.get(path, 0))
+                found += log.read().decode(errors="replace").splitlines()
+        return found
+
+    def count(self, pattern):
+        regex = re.compile(pattern)
+        return sum(1 for line in self.lines() if regex.search(line))
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
+def scenario_kill9(stack, clients=24, interval=0.2, timeout=30):
+    """kill -9 one instance under a steady echo load; how long until HAProxy marks it DOWN and until every one
+    of its clients echoes again, and whether anyone else noticed."""
+    url = stack.status()["url"]
+    load = Load(url, clients, interval).start()
+    try:
+        time.sleep(1)
+        placement = load.placement()
+        victim = placement[id(load.clients[0])]
+        app = next(a for a in stack.status()["apps"] if a["name"] == victim)
+        moved = [c for c in load.clients if placement[id(c)] == victim]
+        stayed = [c for c in load.clients if placement[id(c)] != victim]
+        killed_at = now()
+        os.killpg(app["pid"], signal.SIGKILL)
+        marked_down = None
+        while now() - killed_at < timeout:
+            if marked_down is None and stack.server_states().get(victim, "").startswith("DOWN"):
+                marked_down = now() - killed_at
+            back = [c.first_success_after(killed_at) for c in moved]
+            if marked_down is not None and all(back):
+                break
+            time.sleep(0.05)
+        back = [c.first_success_after(killed_at) for c in moved]
+        recovered = [t - killed_at for t in back if t]
+        time.sleep(1)
+        return {
+            "clients": clients,
+            "moved_clients": len(moved),
+            "echo_interval_s": interval,
+            "marked_down_s": None if marked_down is None else round(marked_down, 2),
+            "recovered_clients": len(recovered),
+            "recovery_max_s": round(max(recovered), 2) if recovered else None,
+            "recovery_median_s": round(statistics.median(recovered), 2) if recovered else None,
+            "others_disconnects": sum(1 for c in stayed for t in c.disconnects if t >= killed_at),
+            "others_failed_echoes": sum(c.failures_after(killed_at) for c in stayed),
+        }
+    finally:
+        load.stop()
+
+
+def scenario_rolling_restart(stack, clients=24, interval=0.2, handshake_rate=5.0, timeout=60):
+    """Restarts every instance, one by one (scripts/rolling-restart), under a steady echo load and a stream
+    of new clients."""
+    url = stack.status()["url"]
+    logs = LogWindow(stack).start()
+    load = Load(url, clients, interval).start()
+    handshakes = Handshakes(url, handshake_rate).start()
+    instances = []
+    try:
+        time.sleep(1)
+        state = stack.load()
+        started = now()
+        for app in state["apps"]:
+            placement = load.placement()
+            on_it = [c for c in load.clients if placement[id(c)] == app["name"]]
+            sigterm_at = now()
+            result = restart_instance(stack, state, app, timeout)
+            cut = sorted(t - sigterm_at for c in on_it for t in c.disconnects if t >= sigterm_at)
+            result.update(
+                clients_on_it=len(on_it),
+                first_close_s=round(cut[0], 2) if cut else None,
+                last_close_s=round(cut[-1], 2) if cut else None,
+                closes=len(cut),
+            )
+            instances.append(result)
+        total = now() - started
+        wait_for(lambda: all(c.sio.connected for c in load.clients), timeout, "every client to be connected")
+        time.sleep(2 * interval + 1)
+        gaps, echo_gaps = [], []  # per cut: until connected again, until an echo succeeded again
+        for client in load.clients:
+            for cut in client.disconnects:
+                if cut >= started:
+                    gaps.append((client.first_connect_after(cut) or now()) - cut)
+                    echo_gaps.append((client.first_success_after(cut) or now()) - cut)
+        final_echoes = sum(1 for c in load.clients if c.echo())
+        grace = int(stack.env.get("GRACEFUL_TIMEOUT") or 20)
+        return {
+            "clients": clients,
+            "echo_interval_s": interval,
+            "instances": instances,
+            "total_s": round(total, 2),
+            "graceful_timeout_s": grace,
+            "slowest_exit_s": max(i["stopped_after_s"] for i in instances),
+            "handshakes": handshakes.stop(),
+            "reconnects": len(gaps),
+            "back_max_s": round(max(gaps), 2) if gaps else None,
+            "back_median_s": round(statistics.median(gaps), 2) if gaps else None,
+            "echo_back_max_s": round(max(echo_gaps), 2) if echo_gaps else None,
+            "clients_ok_at_end": final_echoes,
+            "graceful_timeout_warnings": logs.count("graceful timeout"),
+        }
+    finally:
+        handshakes.stopping.set()
+        load.stop()
+
+
+def restart_redis(stack, state):
+    """A new redis-server on the old port (the stack's `down` stops it: its pid goes into the state)."""
+    port = state["redis"]["port"]
+    wait_for(lambda: port_is_free(port), 10, "the old Redis port to be free")
+    pid = stack.spawn(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(stack.dir),
+        ],
+        dict(os.environ),
+    )
+    state["redis"]["pid"] = pid
+    stack.save(state)
+    wait_for(lambda: not port_is_free(port), 10, "redis-server to listen")
+    return pid
+
+
+def broadcast_reaches(sender, receivers, timeout):
+    token = uuid.uuid4().hex
+    sender.sio.call("broadcast", {"token": token}, timeout=5)
+    deadline = now() + timeout
+    while now() < deadline:
+        if all(r.received("broadcast", {"token": token}) for r in receivers):
+            return True
+        time.sleep(0.05)
+    return [r.received("broadcast", {"token": token}) for r in receivers]
+
+
+def scenario_redis_outage(stack, clients=9, outage_s=5.0, emits_during=50):
+    """Kills Redis, checks what still works, starts it again on the same port and times the resumption."""
+    url = stack.status()["url"]
+    logs = LogWindow(stack).start()
+    group = [LoadClient(url).connect() for _ in range(clients)]
+    try:
+        by_instance = {}
+        for client in group:
+            by_instance.setdefault(client.whoami(), []).append(client)
+        sender = group[0]
+        sender_instance = sender.whoami()
+        others = [c for c in group if c.whoami() != sender_instance]
+        local = [c for c in by_instance[sender_instance]]
+        baseline = broadcast_reaches(sender, group, 5) is True
+        state = stack.load()
+        os.killpg(state["redis"]["pid"], signal.SIGKILL)
+        down_at = now()
+        time.sleep(0.5)
+        echoes_ok = sum(1 for c in group if c.echo())
+        room = f"room-{uuid.uuid4().hex[:6]}"
+        for member in local:
+            member.sio.call("join", {"room": room}, timeout=5)
+        say = sender.sio.call("say", {"room": room, "message": "local"}, timeout=5)
+        time.sleep(1)
+        local_room_ok = sum(
+            1 for m in local if m.received("message", where=lambda d: isinstance(d, dict) and d.get("room") == room)
+        )
+        cross = broadcast_reaches(sender, others, 1)
+        cross_during = len(others) if cross is True else sum(cross)
+        for i in range(emits_during):
+            group[i % len(group)].sio.call("broadcast", {"n": i}, timeout=5)
+        time.sleep(max(0.0, outage_s - (now() - down_at)))
+        restart_redis(stack, state)
+        restarted_at = now()
+        resumed = None
+        while now() - restarted_at < 30:
+            if broadcast_reaches(sender, group, 0.25) is True:
+                resumed = now() - restarted_at
+                break
+        time.sleep(1)
+        alive = all(a["alive"] for a in stack.status()["apps"])
+        return {
+            "clients": clients,
+            "outage_s": round(restarted_at - down_at, 1),
+            "baseline_cross_instance": baseline,
+            "echoes_ok_during": f"{echoes_ok}/{clients}",
+            "local_room_delivery_during": f"{local_room_ok}/{len(local)}",
+            "say_ack_during": say,
+            "cross_instance_delivered_during": f"{cross_during}/{len(others)}",
+            "resumed_after_s": None if resumed is None else round(resumed, 2),
+            "instances_alive": alive,
+            "tracebacks_logged": logs.count(r"Traceback"),
+            "queue_warnings_logged": logs.count(r"WARNING realtime\.queue"),
+            "emits_during": emits_during,
+        }
+    finally:
+        for client in group:
+            client.close()
+
+
+def scenario_redis_at_start(python, wait_s=20, start_redis_after=3.0, tmp=None):
+    """An instance started while Redis is down: it waits (logging) instead of crash-looping, and is ready soon
+    after Redis appears. Runs one gunicorn and one redis-server of its own."""
+    tmp = Path(tmp or tempfile.mkdtemp(prefix="redis-at-start-"))
+    redis_port, app_port = free_port(), free_port()
+    env = stack_env(
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        REDIS_WAIT_SECONDS=wait_s,
+        BIND=f"127.0.0.1:{app_port}",
+        INSTANCE_NAME="late",
+        PYTHONUNBUFFERED=1,
+    )
+    log_path = tmp / "app.log"
+    gunicorn = str(Path(python).with_name("gunicorn"))
+    procs = []
+    try:
+        with open(log_path, "wb") as log:
+            app = subprocess.Popen(
+                [gunicorn, "--config", str(ROOT / "gunicorn.conf.py")],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        procs.append(app)
+        started = now()
+        time.sleep(start_redis_after)
+        waiting_logged = "waiting for the message queue" in log_path.read_text(errors="replace")
+        alive_while_waiting = app.poll() is None
+        ready_before = ready(app_port)
+        redis = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append(redis)
+        redis_at = now()
+        became_ready = None
+        while now() - redis_at < wait_s + 10 and app.poll() is None:
+            if ready(app_port):
+                became_ready = now() - redis_at
+                break
+            time.sleep(0.1)
+        text = log_path.read_text(errors="replace")
+        return {
+            "redis_started_after_s": round(redis_at - started, 1),
+            "alive_while_waiting": alive_while_waiting,
+            "waiting_logged": waiting_logged,
+            "ready_before_redis": ready_before,
+            "ready_after_redis_s": None if became_ready is None else round(became_ready, 2),
+            "worker_boots": text.count("Booting worker"),
+            "tracebacks_logged": text.count("Traceback"),
+        }
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+def ready(port):
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def scenario_reload(stack, change_config, clients=12, observe_s=10.0, rate=8.0):
+    """HAProxy reload with a changed configuration under established clients and a stream of new ones."""
+    url = stack.status()["url"]
+    load = Load(url, clients, interval=0.5).start()
+    handshakes = Handshakes(url, rate).start()
+    try:
+        time.sleep(1)
+        change_config()
+        reload_at = now()
+        stack.reload_haproxy()
+        reload_s = now() - reload_at
+        time.sleep(observe_s)
+        new_config = requests.get(url + "/healthz", timeout=5).headers.get("X-Config-Generation")
+        websocket_clients = [c for c in load.clients if c.transports is None]
+        return {
+            "clients": clients,
+            "observed_s": observe_s,
+            "reload_s": round(reload_s, 2),
+            "new_config_active": new_config is not None,
+            "handshakes": handshakes.stop(),
+            "established_disconnects": sum(1 for c in load.clients for t in c.disconnects if t >= reload_at),
+            "websocket_clients": len(websocket_clients),
+            "failed_echoes": sum(c.failures_after(reload_at) for c in load.clients),
+        }
+    finally:
+        handshakes.stopping.set()
+        load.stop()
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
+
+# (name, Engine.IO payload) sent on a connected session; the expected outcome is checked by the tests.
+CORPUS = [
+    ("not JSON", "42not json"),
+    ("truncated JSON", '42["echo",'),
+    ("empty event array", "42[]"),
+    ("event object", "42{}"),
+    ("event without data", "42"),
+    ("deeply nested JSON", "42[" + "[" * 20000 + "]" * 20000 + "]"),
+    ("deeply nested Engine.IO JSON", "4" + "[" * 20000 + "]" * 20000),
+    ("unknown Socket.IO type", "49"),
+    ("Socket.IO type not a digit", "4x"),
+    ("unknown namespace", '42/nope,["echo",1]'),
+    ("binary placeholder out of range", '451-["echo",{"_placeholder":true,"num":7}]'),
+    ("ack for nothing", '43999["x"]'),
+    ("CONNECT_ERROR from a client", "44[]"),
+    ("event name not a string", "42[123,1]"),
+    ("empty Engine.IO packet", ""),
+    ("Engine.IO type not a digit", "x"),
+    ("unknown Engine.IO type", "9"),
+    ("upgrade without a transport", "5"),
+]
+
+
+class Session:
+    """A raw Engine.IO long-polling session, Socket.IO-connected."""
+
+    def __init__(self, url):
+        self.http = requests.Session()
+        reply = self.http.get(url + HANDSHAKE, timeout=5)
+        self.sid = re.search(r'"sid":"([^"]+)"', reply.text).group(1)
+        self.endpoint = f"{url}/socket.io/?EIO=4&transport=polling&sid={self.sid}"
+        self.post("40")
+        self.get()
+
+    def post(self, body):
+        return self.http.post(self.endpoint, data=body.encode() if isinstance(body, str) else body, timeout=10)
+
+    def get(self, timeout=10):
+        return self.http.get(self.endpoint, timeout=timeout)
+
+
+def polling_outcome(url, payload):
+    """What a client sees after posting `payload`: the POST status, then what an echo returns."""
+    session = Session(url)
+    try:
+        reply = session.post(payload)
+    except requests.RequestException as exc:
+        return {"post": type(exc).__name__}
+    outcome = {"post": reply.status_code}
+    if reply.status_code != 200:
+        return outcome
+    follow = session.post('421["echo","still here"]')
+    outcome["echo_post"] = follow.status_code
+    if follow.status_code == 200:
+        text = session.get().text
+        outcome["error_event"] = '"error"' in text
+        outcome["echo_ok"] = '431["still here"]' in text or '"still here"' in text
+        if not outcome["echo_ok"] and not outcome["error_event"]:
+            text += session.get().text
+            outcome["error_event"] = '"error"' in text
+            outcome["echo_ok"] = '"still here"' in text
+    return outcome
+
+
+def ws_connect(url):
+    ws = websocket.create_connection(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket", timeout=5)
+    ws.recv()
+    ws.send("40")
+    ws.recv()
+    return ws
+
+
+def websocket_outcome(url, payload):
+    ws = ws_connect(url)
+    try:
+        ws.send(payload) if isinstance(payload, str) else ws.send_binary(payload)
+        ws.send('421["echo","still here"]')
+        seen = []
+        deadline = now() + 5
+        while now() < deadline:
+            frame = ws.recv()
+            if not frame:
+                return {"closed": True, "error_event": any('"error"' in f for f in seen)}
+            seen.append(frame)
+            if "still here" in frame:
+                return {"closed": False, "echo_ok": True, "error_event": any('"error"' in f for f in seen)}
+    except websocket.WebSocketTimeoutException:
+        return {"closed": False, "echo_ok": False, "error_event": any('"error"' in f for f in seen)}
+    except (websocket.WebSocketConnectionClosedException, OSError):
+        return {"closed": True, "error_event": any('"error"' in f for f in seen)}
+    finally:
+        ws.close()
+    return {"closed": False, "echo_ok": False}
+
+
+def fuzz_payloads(count, seed):
+    rng = random.Random(seed)
+    alphabet = '0123456789[]{}",:/-_abcxyz\\\x1e\x00é'
+    pieces = ["4", "42", "43", "45", "451-", '["echo"', '{"_placeholder":true,"num":', "/x,", "[" * 50, "null"]
+    for _ in range(count):
+        if rng.random() < 0.5:
+            yield "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        else:
+            yield "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+
+
+def flood(url, events=3000):
+    """One client emits `events` echo events without waiting; returns what it got back."""
+    client = LoadClient(url, transports=["websocket"]).connect()
+    acks = {"ok": 0, "limited": 0}
+    lock = threading.Lock()
+
+    def ack(*args):
+        with lock:
+            if args and isinstance(args[0], dict) and "rate limited" in str(args[0].get("error", "")):
+                acks["limited"] += 1
+            else:
+                acks["ok"] += 1
+
+    try:
+        for i in range(events):
+            if not client.sio.connected:
+                break
+            try:
+                client.sio.emit("echo", i, callback=ack)
+            except Exception:  # noqa: BLE001 - disconnected mid-flood
+                break
+        # wait until every ack is in (or none came for 3s): a limit-free flood takes a while to serve
+        last, quiet_since = -1, now()
+        while now() - quiet_since < 3 and acks["ok"] + acks["limited"] < events:
+            seen = acks["ok"] + acks["limited"]
+            if seen != last:
+                last, quiet_since = seen, now()
+            time.sleep(0.1)
+        return {
+            "sent": events,
+            "acked": acks["ok"],
+            "refused_acks": acks["limited"],
+            "error_events": sum(1 for e, _ in client.events if e == "error"),
+            "disconnected": not client.sio.connected,
+            "disconnects": len(client.disconnects),
+        }
+    finally:
+        client.close()
+
+
+def join_many(url, rooms=1000):
+    client = LoadClient(url, transports=["websocket"]).connect()
+    try:
+        ok = refused = 0
+        first_error = None
+        for i in range(rooms):
+            reply = client.sio.call("join", {"room": f"r{i}"}, timeout=10)
+            if reply.get("ok"):
+                ok += 1
+            else:
+                refused += 1
+                first_error = first_error or reply.get("error")
+            if i % 40 == 39:
+                time.sleep(1)  # stay under the event rate limit: this measures the room cap alone
+        return {"asked": rooms, "joined": ok, "refused": refused, "error": first_error}
+    finally:
+        client.close()
+
+
+def scenario_bad_input(stack, fuzz=300, seed=7, flood_events=3000, rooms=120):
+    """Throws the corpus (polling and WebSocket), random fuzz, an event flood, many room joins and oversized
+    payloads at ONE process while two well-behaved clients of that process echo every 50 ms."""
+    status = stack.status()
+    url = status["url"]
+    pids = [a["pid"] for a in status["apps"]]
+    logs = LogWindow(stack).start()
+    victims = Load(url, 2, interval=0.05, polling_every=2).start()
+    try:
+        time.sleep(2)
+        attack_start = now()
+        results = {"polling": {}, "websocket": {}}
+        for name, payload in CORPUS:
+            results["polling"][name] = polling_outcome(url, payload)
+            results["websocket"][name] = websocket_outcome(url, payload)
+        fuzz_closed = 0
+        ws = ws_connect(url)
+        for payload in fuzz_payloads(fuzz, seed):
+            try:
+                ws.send(payload)
+            except (websocket.WebSocketConnectionClosedException, OSError):
+                fuzz_closed += 1
+                ws = ws_connect(url)
+        ws.close()
+        limit = int(stack.env.get("MAX_HTTP_BUFFER_SIZE") or 1_000_000)
+        big = '42["echo","' + "x" * (limit + 10) + '"]'
+        session = Session(url)
+        results["oversized"] = {
+            "polling_status": session.post(big).status_code,
+            "websocket": websocket_outcome(url, big),
+            "under_limit_echo": websocket_outcome(url, '421["echo","' + "y" * (limit // 2) + '"]').get("echo_ok"),
+        }
+        results["flood"] = flood(url, flood_events)
+        results["rooms"] = join_many(url, rooms)
+        attack_end = now()
+        time.sleep(1)
+        before = victims.latencies(0, attack_start)
+        during = victims.latencies(attack_start, attack_end)
+        failed = sum(1 for c in victims.clients for t, lat in c.echoes if t >= attack_start and lat is None)
+        health = requests.get(url + "/healthz", timeout=5).status_code
+        results["victims"] = {
+            "echoes_before": len(before),
+            "echoes_during": len(during),
+            "failed_during": failed,
+            "disconnects": sum(len(c.disconnects) for c in victims.clients),
+            "p50_before_ms": ms(percentile(before, 0.5)),
+            "p50_during_ms": ms(percentile(during, 0.5)),
+            "p99_during_ms": ms(percentile(during, 0.99)),
+            "max_during_ms": ms(max(during) if during else None),
+        }
+        results["process"] = {
+            "same_pids": pids == [a["pid"] for a in stack.status()["apps"]],
+            "alive": all(a["alive"] for a in stack.status()["apps"]),
+            "healthz": health,
+            "worker_boots": sum(
+                open(p, errors="replace").read().count("Booting worker") for p in stack.logs.glob("app*.log")
+            ),
+            "tracebacks_logged": logs.count("Traceback"),
+            "limit_warnings": logs.count(r"realtime\.limits"),
+        }
+        results["fuzz"] = {"payloads": fuzz, "seed": seed, "connections_closed": fuzz_closed}
+        results["attack_s"] = round(attack_end - attack_start, 1)
+        return results
+    finally:
+        victims.stop()
+
+
+# --- the run and the table ----------------------------------------------------------------------------
+class Stacks:
+    def __init__(self, python):
+        self.python = python
+        self.started = []
+
+    def make(self, replicas=3, **env):
+        stack = Stack(
+            state_dir=tempfile.mkdtemp(prefix="faults-"),
+            port=free_port(),
+            replicas=replicas,
+            env=stack_env(**env),
+            python=self.python,
+        )
+        stack.up()
+        self.started.append(stack)
+        return stack
+
+    def down(self):
+        for stack in self.started:
+            stack.down()
+        self.started = []
+
+
+def reload_config_copy(stack_factory):
+    """A stack whose HAProxy reads a copy of haproxy.cfg, and a function that changes the copy."""
+    import native_stack
+
+    copy = Path(tempfile.mkdtemp(prefix="haproxy-cfg-")) / "haproxy.cfg"
+    copy.write_text(native_stack.HAPROXY_CFG.read_text())
+    original = native_stack.HAPROXY_CFG
+    native_stack.HAPROXY_CFG = copy
+    try:
+        stack = stack_factory()
+    except Exception:
+        native_stack.HAPROXY_CFG = original
+        raise
+
+    def change():
+        text = copy.read_text()
+        marker = "    http-response del-header Server\n"
+        text = text.replace(marker, marker + "    http-response set-header X-Config-Generation 2\n", 1)
+        copy.write_text(text)
+
+    def restore():
+        native_stack.HAPROXY_CFG = original
+
+    return stack, change, restore
+
+
+def run(args):
+    stacks = Stacks(args.python)
+    quick = args.quick
+    results = {}
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def want(name):
+        return wanted is None or name in wanted
+
+    try:
+        if want("kill9"):
+            results["kill9"] = scenario_kill9(stacks.make(), clients=24 if quick else 60)
+            stacks.down()
+        if want("rolling_restart"):
+            results["rolling_restart"] = scenario_rolling_restart(stacks.make(), clients=24 if quick else 60)
+            stacks.down()
+        if want("redis_outage"):
+            results["redis_outage"] = scenario_redis_outage(stacks.make(), outage_s=5 if quick else 15)
+            stacks.down()
+        if want("redis_at_start"):
+            results["redis_at_start"] = scenario_redis_at_start(args.python, start_redis_after=3 if quick else 8)
+        if want("reload"):
+            stack, change, restore = reload_config_copy(lambda: stacks.make())
+            try:
+                results["reload"] = scenario_reload(
+                    stack, change, clients=12 if quick else 40, observe_s=10 if quick else 40
+                )
+            finally:
+                restore()
+            stacks.down()
+        if want("bad_input"):
+            stack = stacks.make(replicas=1, MAX_HTTP_BUFFER_SIZE=65536, HAPROXY_PER_IP_CONN_RATE=100000)
+            results["bad_input"] = scenario_bad_input(stack, fuzz=300 if quick else 2000)
+            stacks.down()
+    finally:
+        stacks.down()
+    return results
+
+
+def table(results, meta):
+    """The markdown fault table: fault / what clients see / measured."""
+    rows = []
+    k = results.get("kill9")
+    if k:
+        rows.append(
+            (
+                "An instance is killed (`kill -9`) under load",
+                "Its clients lose their connection and reconnect to the other instances; nobody else notices",
+                f"{k['clients']} clients echoing every {k['echo_interval_s']}s, {k['moved_clients']} on the victim: "
+                f"HAProxy marked it DOWN after {k['marked_down_s']}s; all {k['recovered_clients']} echo again after "
+                f"{k['recovery_max_s']}s at most (median {k['recovery_median_s']}s); other clients: "
+                f"{k['others_disconnects']} disconnects, {k['others_failed_echoes']} failed echoes",
+            )
+        )
+    r = results.get("rolling_restart")
+    if r:
+        spread = "; ".join(
+            f"{i['name']}: {i['closes']} closed {i['first_close_s']}–{i['last_close_s']}s after SIGTERM, "
+            f"exit {i['stopped_after_s']}s, UP again {i['up_again_after_s']}s"
+            for i in r["instances"]
+        )
+        rows.append(
+            (
+                "Rolling restart of every instance (`scripts/rolling-restart`)",
+                "Each instance stops taking new clients, closes its connections over a spread, exits; its clients "
+                "reconnect elsewhere. New clients are never refused",
+                f"{r['clients']} clients + new clients at 5/s: {r['handshakes']['failed']} failed of "
+                f"{r['handshakes']['ok'] + r['handshakes']['failed']} handshakes; {r['reconnects']} reconnects, each "
+                f"connected again within {r['back_max_s']}s (median {r['back_median_s']}s) and echoing within "
+                f"{r.get('echo_back_max_s')}s; slowest exit {r['slowest_exit_s']}s (graceful_timeout "
+                f"{r['graceful_timeout_s']}s, {r['graceful_timeout_warnings']} graceful-timeout kills); total "
+                f"{r['total_s']}s. {spread}",
+            )
+        )
+    o = results.get("redis_outage")
+    if o:
+        rows.append(
+            (
+                "Redis goes away, then comes back",
+                "Every instance keeps serving its own clients (acks, rooms on the same instance); emits to other "
+                "instances are dropped meanwhile; they resume by themselves",
+                f"{o['outage_s']}s outage: echoes {o['echoes_ok_during']}, same-instance room messages "
+                f"{o['local_room_delivery_during']}, cross-instance {o['cross_instance_delivered_during']} (dropped); "
+                f"cross-instance delivery back {o['resumed_after_s']}s after Redis; {o['queue_warnings_logged']} "
+                f"warning lines for {o['emits_during']}+ emits, {o['tracebacks_logged']} tracebacks",
+            )
+        )
+    s = results.get("redis_at_start")
+    if s:
+        rows.append(
+            (
+                "Redis is down when an instance starts",
+                "The instance waits for it (`REDIS_WAIT_SECONDS`, logged) instead of crash-looping",
+                f"Redis started {s['redis_started_after_s']}s later: instance alive while waiting "
+                f"({s['alive_while_waiting']}), ready {s['ready_after_redis_s']}s after Redis, "
+                f"{s['worker_boots']} worker boot(s), {s['tracebacks_logged']} tracebacks",
+            )
+        )
+    h = results.get("reload")
+    if h:
+        rows.append(
+            (
+                "HAProxy reload with a changed configuration",
+                "Nothing: established WebSockets and polling sessions continue, new connections succeed",
+                f"{h['clients']} established clients ({h['websocket_clients']} WebSocket) observed {h['observed_s']}s: "
+                f"{h['established_disconnects']} disconnects, {h['failed_echoes']} failed echoes; new clients: "
+                f"{h['handshakes']['failed']} failed of {h['handshakes']['ok'] + h['handshakes']['failed']}; new "
+                f"config active: {h['new_config_active']}",
+            )
+        )
+    b = results.get("bad_input")
+    if b:
+        v, p = b["victims"], b["process"]
+        rows.append(
+            (
+                "Bad input at one process: malformed Engine.IO/Socket.IO packets (polling and WebSocket), "
+                f"{b['fuzz']['payloads']} fuzzed frames, oversized payloads, an event flood, "
+                f"{b['rooms']['asked']} room joins",
+                "The sender gets an `error` event, an error ack, 400/413, or its connection closed; other clients of "
+                "the same process see nothing",
+                f"{b['attack_s']}s of attack: well-behaved clients {v['failed_during']} failed of "
+                f"{v['echoes_during']} echoes, p50 {v['p50_before_ms']} ms before / {v['p50_during_ms']} ms during, "
+                f"max {v['max_during_ms']} ms; flood: {b['flood']['acked']} of {b['flood']['sent']} served, "
+                f"disconnected: {b['flood']['disconnected']}; rooms: {b['rooms']['joined']} joined, then "
+                f"refused; process restarted: {not p['same_pids']}, tracebacks {p['tracebacks_logged']}",
+            )
+        )
+    lines = [
+        TABLE_BEGIN,
+        "",
+        f"Measured {meta['date']} on {meta['machine']} by `scripts/measure_faults.py"
+        f"{' --quick' if meta['quick'] else ''}` (raw figures: `docs/faults.json`).",
+        "",
+        "| fault | what clients see | measured |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {a} | {b_} | {c} |" for a, b_, c in rows]
+    lines += ["", TABLE_END]
+    return "\n".join(lines)
+
+
+def write(results, quick, meta=None):
+    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    meta = meta or {"date": time.strftime("%Y-%m-%d"), "quick": quick, "machine": machine}
+    DOCS.mkdir(exist_ok=True)
+    previous = json.loads(FAULTS_JSON.read_text()) if FAULTS_JSON.exists() else {}
+    merged = {**previous.get("results", {}), **results}
+    FAULTS_JSON.write_text(json.dumps({"meta": meta, "results": merged}, indent=2) + "\n")
+    block = table(merged, meta)
+    text = OPERATIONS_MD.read_text() if OPERATIONS_MD.exists() else f"# Operations\n\n{TABLE_BEGIN}\n{TABLE_END}\n"
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        tail = rest.split(TABLE_END, 1)[1]
+        text = head + block + tail
+    else:
+        text += "\n" + block + "\n"
+    OPERATIONS_MD.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller loads and shorter outages")
+    parser.add_argument("--only", help="comma-separated scenarios (default: all)")
+    parser.add_argument("--no-write", action="store_true", help="print the results, write nothing")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table from docs/faults.json")
+    parser.add_argument("--python", default=str(Path(sys.executable)), help="the venv's python (gunicorn beside it)")
+    args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(FAULTS_JSON.read_text())
+        write({}, saved["meta"]["quick"], meta=saved["meta"])
+        return 0
+    results = run(args)
+    print(json.dumps(results, indent=2))
+    if not args.no_write:
+        write(results, args.quick)
+        print(f"wrote {FAULTS_JSON.relative_to(ROOT)} and the table in {OPERATIONS_MD.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
