@@ -1,0 +1,123 @@
+"""Prometheus metrics of one instance, served at /metrics (scrape each instance directly; HAProxy refuses
+/metrics on the public port).
+
+    socketio_connected_clients{transport}        Engine.IO connections open now, polling or websocket
+    socketio_events_received_total{namespace,event}  events from clients (unknown names count as "_unknown")
+    socketio_events_emitted_total{namespace,event}   emit() calls made by this instance (one per call, whatever
+                                                    the number of recipients)
+    socketio_handshake_failures_total{reason}    connect handlers that refused (reason="refused") and
+                                                 Engine.IO 400 answers (reason="invalid_session", "bad_origin",
+                                                 "unexpected_http", ...)
+    socketio_message_queue_errors_total{operation}  publish_lost (a message for the other instances was dropped),
+                                                 publish_retry, receive (the subscription was lost), listener
+    socketio_handler_errors_total{namespace,event}  handlers that raised
+    socketio_handler_seconds{namespace,event}    handler latency (histogram), connect/disconnect included
+    socketio_instance_info{name}                 1, labelled with INSTANCE_NAME
+
+The counting itself happens in realtime/instrument.py.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+bp = Blueprint("metrics", __name__)
+
+disable_created_metrics()  # no *_created series: half the output, and nothing here needs them
+
+# Seconds; Socket.IO handlers are usually sub-millisecond, ones that do I/O take milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MAX_EMITTED_NAMES = 200  # emit() names are the app's own, but a dynamic name must not grow the label set forever
+
+EVENTS_RECEIVED = Counter("socketio_events_received", "Socket.IO events received from clients", ["namespace", "event"])
+EVENTS_EMITTED = Counter(
+    "socketio_events_emitted", "Socket.IO emit() calls made by this instance", ["namespace", "event"]
+)
+HANDSHAKE_FAILURES = Counter(
+    "socketio_handshake_failures",
+    "Refused Socket.IO connections and Engine.IO requests answered 400",
+    ["reason"],
+)
+MESSAGE_QUEUE_ERRORS = Counter(
+    "socketio_message_queue_errors", "Message queue (Redis) publishes dropped and subscriptions lost", ["operation"]
+)
+HANDLER_ERRORS = Counter("socketio_handler_errors", "Socket.IO event handlers that raised", ["namespace", "event"])
+HANDLER_SECONDS = Histogram(
+    "socketio_handler_seconds", "Socket.IO event handler latency", ["namespace", "event"], buckets=LATENCY_BUCKETS
+)
+INSTANCE_INFO = Gauge("socketio_instance_info", "This instance's name (INSTANCE_NAME)", ["name"])
+
+
+class ConnectedClients:
+    """socketio_connected_clients, computed at scrape time from the Engine.IO server: nothing on the hot path."""
+
+    def __init__(self):
+        self.engineio_server = None
+
+    def describe(self):
+        return [GaugeMetricFamily("socketio_connected_clients", "Open Engine.IO connections by transport")]
+
+    def collect(self):
+        counts = {"polling": 0, "websocket": 0}
+        server = self.engineio_server
+        if server is not None:
+            for socket in list(server.sockets.values()):
+                if not socket.closed:
+                    counts["websocket" if socket.upgraded else "polling"] += 1
+        family = GaugeMetricFamily(
+            "socketio_connected_clients", "Open Engine.IO connections by transport", labels=["transport"]
+        )
+        for transport, value in counts.items():
+            family.add_metric([transport], value)
+        yield family
+
+
+CONNECTED = ConnectedClients()
+REGISTRY.register(CONNECTED)
+
+_event_children = {}  # (namespace, event) -> (received, latency, errors); labels() costs more than a dict look-up
+_emitted_children = {}
+
+
+def event_metrics(namespace, event):
+    """(received counter, latency histogram, error counter) of one event; `received` is None for connect and
+    disconnect, which are not events sent by the client."""
+    children = _event_children.get((namespace, event))
+    if children is None:
+        children = (
+            None if event in ("connect", "disconnect") else EVENTS_RECEIVED.labels(namespace, event),
+            HANDLER_SECONDS.labels(namespace, event),
+            HANDLER_ERRORS.labels(namespace, event),
+        )
+        _event_children[(namespace, event)] = children
+    return children
+
+
+def emitted(namespace, event):
+    child = _emitted_children.get((namespace, event))
+    if child is None:
+        if len(_emitted_children) >= MAX_EMITTED_NAMES:
+            child = EVENTS_EMITTED.labels(namespace, "_other")
+        else:
+            child = _emitted_children[(namespace, event)] = EVENTS_EMITTED.labels(namespace, event)
+    child.inc()
+
+
+def set_instance(name):
+    INSTANCE_INFO.clear()
+    INSTANCE_INFO.labels(name).set(1)
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
