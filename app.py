@@ -13,15 +13,17 @@ from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.http import dump_cookie
 
-from realtime import auth, events, health
-from realtime.engineio_headers import EngineIOHeaders
+from realtime import auth, demo, emit_cli, events, health, instrument, limits, logs, message_queue, metrics, security
 from realtime.config import Settings
+from realtime.engineio_headers import EngineIOHeaders
+from realtime.session_cache import CachedSerializerSessionInterface
 
 log = logging.getLogger("app")
 
 # One SocketIO object per process; create_app() binds it to the Flask app.
 socketio = SocketIO()
 events.register(socketio)
+demo.register(socketio)  # the demo page's /demo namespace
 # Headers (e.g. cookies) for Engine.IO responses; see realtime/engineio_headers.py.
 engineio_headers = EngineIOHeaders()
 
@@ -54,9 +56,10 @@ def same_origin_or_listed(allowed):
 
 def create_app(settings=None):
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings)  # LOG_FORMAT=text|json, every line names the instance
 
     app = Flask(__name__)
+    app.session_interface = CachedSerializerSessionInterface()  # hot path: one opening per event
     app.config.update(
         SECRET_KEY=settings.secret_key or os.urandom(32).hex(),
         SETTINGS=settings,
@@ -64,12 +67,15 @@ def create_app(settings=None):
         SESSION_COOKIE_SECURE=settings.cookie.secure,
     )
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)  # /metrics (Prometheus); HAProxy keeps it off the public port
+    app.register_blueprint(demo.bp)  # / : the demo page
+    app.cli.add_command(emit_cli.emit)  # flask --app app emit EVENT DATA [--room R]
     auth.init_app(app, settings)
 
     socketio.init_app(
         app,
-        message_queue=settings.redis_url or None,
-        channel=settings.message_queue_channel,
+        # Redis (REDIS_URL) or None: waits for Redis at start, rides out outages (realtime/message_queue.py)
+        client_manager=message_queue.connect(settings),
         # None = same origin only (python-engineio); an empty list would disable the check entirely
         cors_allowed_origins=same_origin_or_listed(settings.cors_allowed_origins)
         if settings.cors_allowed_origins
@@ -81,6 +87,9 @@ def create_app(settings=None):
         cookie=settings.cookie.engineio_option(),
     )
     app.wsgi_app = engineio_headers.wrap(app.wsgi_app)
+    limits.install(socketio, settings)  # per-connection rate limit, room cap, bad packets (realtime/limits.py)
+    security.install(app)  # security headers on HTTP routes (realtime/security.py)
+    instrument.install(socketio, app)  # metrics and connection log lines
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 

@@ -19,8 +19,9 @@ bind = [os.getenv("BIND") or f"{host}:{port}"]
 wsgi_app = "wsgi:app"
 worker_class = WEBSOCKET_WORKER
 workers = 1
-# Each WebSocket holds one greenlet, a polling client up to two: this caps clients per instance.
-worker_connections = int(os.getenv("WORKER_CONNECTIONS", "2000"))
+# Each WebSocket holds one greenlet, a polling client up to two: this caps clients per instance
+# (about 60 KB of memory each). Keep HAProxy's APP_MAXCONN below it.
+worker_connections = int(os.getenv("WORKER_CONNECTIONS", "5000"))
 # The gevent loop heartbeats while sockets are open, so this only catches a truly stuck worker.
 timeout = int(os.getenv("TIMEOUT", "60"))
 graceful_timeout = int(os.getenv("GRACEFUL_TIMEOUT", "20"))
@@ -81,3 +82,11 @@ def on_starting(server):
         "accesslog": cfg.accesslog,
     }
     print(f"gunicorn effective config: {json.dumps(effective, sort_keys=True)}", file=sys.stderr, flush=True)
+
+
+def post_worker_init(worker):
+    """SIGTERM drains before gunicorn stops: readiness off, then sockets closed over a spread
+    (realtime/lifecycle.py)."""
+    from realtime import lifecycle
+
+    lifecycle.install(worker)

@@ -45,7 +45,9 @@ def load_native_stack(root):
     and wsgi.py next to itself)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"native_stack_{abs(hash(str(root)))}", Path(root) / "scripts" / "native_stack.py")
+    spec = importlib.util.spec_from_file_location(
+        f"native_stack_{abs(hash(str(root)))}", Path(root) / "scripts" / "native_stack.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -81,7 +83,9 @@ def reference_stack_class(module):
 
         def start_app(self, state, app):
             env = dict(self.env)
-            env.update(PORT=str(app["port"]), HOST="127.0.0.1", INSTANCE_NAME=app["name"], REDIS_URL=state["redis"]["url"])
+            env.update(
+                PORT=str(app["port"]), HOST="127.0.0.1", INSTANCE_NAME=app["name"], REDIS_URL=state["redis"]["url"]
+            )
             if self.kind == "node":
                 argv = ["node", str(BENCH / "node-server" / "server.js")]
             else:
@@ -93,8 +97,19 @@ def reference_stack_class(module):
 
 def base_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACK_", "APP", "REDIS_", "HAPROXY_"))}
-    for key in ("SECRET_KEY", "SECRET_KEY_FILE", "LOG_LEVEL", "ACCESS_LOG", "WORKER_CONNECTIONS", "GUNICORN_CMD_ARGS",
-                "WEB_CONCURRENCY", "INSTANCE_NAME", "PORT", "HOST", "BIND"):
+    for key in (
+        "SECRET_KEY",
+        "SECRET_KEY_FILE",
+        "LOG_LEVEL",
+        "ACCESS_LOG",
+        "WORKER_CONNECTIONS",
+        "GUNICORN_CMD_ARGS",
+        "WEB_CONCURRENCY",
+        "INSTANCE_NAME",
+        "PORT",
+        "HOST",
+        "BIND",
+    ):
         env.pop(key, None)
     return env
 
@@ -116,10 +131,13 @@ def make_stack(system, replicas, extra_env=None):
     state_dir = tempfile.mkdtemp(prefix=f"bench-{system}-")
     port = native_stack.free_port()
     if system == "template_alt":
-        return load_native_stack(ALT_ROOT).Stack(state_dir=state_dir, port=port, replicas=replicas, env=env,
-                                        python=str(TEMPLATE_PYTHON))
+        return load_native_stack(ALT_ROOT).Stack(
+            state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON)
+        )
     if system in ("template", "template_tuned"):
-        return native_stack.Stack(state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON))
+        return native_stack.Stack(
+            state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON)
+        )
     return reference_stack_class(native_stack)(system, state_dir=state_dir, port=port, replicas=replicas, env=env)
 
 
@@ -138,8 +156,11 @@ class Running:
         self.stack.up(timeout=60)
         self.state = self.stack.load()
         self.url = f"http://127.0.0.1:{self.state['port']}"
-        self.leaders = {"app": [a["pid"] for a in self.state["apps"]], "haproxy": [self.state["haproxy"]["pid"]],
-                        "redis": [self.state["redis"]["pid"]]}
+        self.leaders = {
+            "app": [a["pid"] for a in self.state["apps"]],
+            "haproxy": [self.state["haproxy"]["pid"]],
+            "redis": [self.state["redis"]["pid"]],
+        }
         return self
 
     def stop(self):
@@ -223,8 +244,12 @@ def delta(before, after, seconds):
     res = {}
     for role in after:
         cpu = after[role]["cpu_s"] - before[role]["cpu_s"]
-        res[role] = {"cpu_s": round(cpu, 3), "cpu_pct_of_core": round(100 * cpu / seconds, 1) if seconds else None,
-                     "rss_mb": round(after[role]["rss_kb"] / 1024, 1), "procs": after[role]["procs"]}
+        res[role] = {
+            "cpu_s": round(cpu, 3),
+            "cpu_pct_of_core": round(100 * cpu / seconds, 1) if seconds else None,
+            "rss_mb": round(after[role]["rss_kb"] / 1024, 1),
+            "procs": after[role]["procs"],
+        }
     res["total"] = {
         "cpu_s": round(sum(res[r]["cpu_s"] for r in after), 3),
         "cpu_pct_of_core": round(100 * sum(res[r]["cpu_s"] for r in after) / seconds, 1) if seconds else None,
@@ -236,8 +261,14 @@ def delta(before, after, seconds):
 # --- the load generator -------------------------------------------------------------------------------------
 def run_loadgen(running, cfg, time_limit, profile=None):
     cfg = dict(cfg, url=running.url, timeLimitS=int(time_limit))
-    proc = subprocess.Popen(["node", str(LOADGEN), json.dumps(cfg)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, start_new_session=True, cwd=BENCH)
+    proc = subprocess.Popen(
+        ["node", str(LOADGEN), json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        cwd=BENCH,
+    )
     ACTIVE.append(proc)
     samples, steps, result, error = {}, [], None, None
     t_start = None
@@ -263,8 +294,12 @@ def run_loadgen(running, cfg, time_limit, profile=None):
                 samples["seconds"] = seconds
             elif event == "step":
                 s = sample(running.leaders)
-                steps.append({**{k: v for k, v in msg.items() if k != "event"},
-                              "rss_mb": {r: round(v["rss_kb"] / 1024, 1) for r, v in s.items()}})
+                steps.append(
+                    {
+                        **{k: v for k, v in msg.items() if k != "event"},
+                        "rss_mb": {r: round(v["rss_kb"] / 1024, 1) for r, v in s.items()},
+                    }
+                )
             elif event == "result":
                 result = msg["result"]
             elif event == "error":
@@ -289,8 +324,9 @@ def run_loadgen(running, cfg, time_limit, profile=None):
         machine_pct = 100 * ncpu * busy / total if total else 0  # in % of one core, like the others
         result["machine_busy_pct_of_core"] = round(machine_pct, 1)
         # CPU that neither the servers nor the load generator used: other work on the machine (noise)
-        result["other_cpu_pct_of_core"] = round(max(0.0, machine_pct - result["server"]["total"]["cpu_pct_of_core"]
-                                                    - result["loadgen_cpu_pct_of_core"]), 1)
+        result["other_cpu_pct_of_core"] = round(
+            max(0.0, machine_pct - result["server"]["total"]["cpu_pct_of_core"] - result["loadgen_cpu_pct_of_core"]), 1
+        )
         done = result.get("acks") or result.get("received")
         if done:
             # server CPU per 1,000 messages (echoes or deliveries): steadier than throughput on a busy machine
@@ -304,23 +340,57 @@ def run_loadgen(running, cfg, time_limit, profile=None):
 
 def scenario_cfg(name, a, clients=None):
     if name == "connect":
-        return {"scenario": "connect", "clients": a.connect_clients, "rate": a.connect_rate, "workers": a.workers,
-                "waitUpgrade": True}
+        return {
+            "scenario": "connect",
+            "clients": a.connect_clients,
+            "rate": a.connect_rate,
+            "workers": a.workers,
+            "waitUpgrade": True,
+        }
     if name in ("echo_ws", "scaling"):
-        return {"scenario": "echo", "clients": clients or a.echo_clients, "workers": a.workers, "rate": a.ramp_rate,
-                "waitUpgrade": True, "durationMs": int(1000 * (a.scaling_duration if name == "scaling" else a.echo_duration))}
+        return {
+            "scenario": "echo",
+            "clients": clients or a.echo_clients,
+            "workers": a.workers,
+            "rate": a.ramp_rate,
+            "waitUpgrade": True,
+            "durationMs": int(1000 * (a.scaling_duration if name == "scaling" else a.echo_duration)),
+        }
     if name == "echo_polling":
-        return {"scenario": "echo", "clients": a.polling_clients, "workers": a.workers, "rate": a.ramp_rate,
-                "transports": ["polling"], "durationMs": int(1000 * a.polling_duration)}
+        return {
+            "scenario": "echo",
+            "clients": a.polling_clients,
+            "workers": a.workers,
+            "rate": a.ramp_rate,
+            "transports": ["polling"],
+            "durationMs": int(1000 * a.polling_duration),
+        }
     if name == "broadcast":
-        return {"scenario": "broadcast", "clients": a.broadcast_clients, "workers": a.workers, "rate": a.ramp_rate,
-                "waitUpgrade": True, "senders": a.broadcast_senders, "sendRate": a.broadcast_rate,
-                "durationMs": int(1000 * a.broadcast_duration), "graceMs": 2000}
+        return {
+            "scenario": "broadcast",
+            "clients": a.broadcast_clients,
+            "workers": a.workers,
+            "rate": a.ramp_rate,
+            "waitUpgrade": True,
+            "senders": a.broadcast_senders,
+            "sendRate": a.broadcast_rate,
+            "durationMs": int(1000 * a.broadcast_duration),
+            "graceMs": 2000,
+        }
     if name == "capacity":
         steps = list(range(a.capacity_step, clients, a.capacity_step)) + [clients]
-        return {"scenario": "capacity", "clients": clients, "workers": a.capacity_workers, "rate": a.capacity_rate,
-                "transports": ["websocket"], "steps": steps, "holdMs": int(1000 * a.capacity_hold), "stepHoldMs": 1000,
-                "connectTimeoutMs": 20000, "ackTimeoutMs": 20000}
+        return {
+            "scenario": "capacity",
+            "clients": clients,
+            "workers": a.capacity_workers,
+            "rate": a.capacity_rate,
+            "transports": ["websocket"],
+            "steps": steps,
+            "holdMs": int(1000 * a.capacity_hold),
+            "stepHoldMs": 1000,
+            "connectTimeoutMs": 20000,
+            "ackTimeoutMs": 20000,
+        }
     raise ValueError(name)
 
 
@@ -336,27 +406,99 @@ def py_spy_profiler(out_dir, seconds, name):
         out = Path(out_dir) / f"py-spy-{name}"
         log(f"py-spy on pid {target} for {seconds}s -> {out}.*")
         return subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(target), "--duration", str(int(seconds)), "--rate", "200",
-             "--format", "raw", "--output", f"{out}.txt", "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(target),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                f"{out}.txt",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     return start
 
 
 # --- medians and ratios -----------------------------------------------------------------------------------------
 KEY_METRICS = {
-    "connect": ["server_cpu_ms_per_1000", "app_cpu_ms_per_1000", "other_cpu_pct_of_core", "connects_per_s", "connected", "connect_failed", "connect.p50_ms", "connect.p99_ms", "upgraded.p50_ms", "upgraded.p99_ms", "server.total.cpu_s",
-                "server.total.rss_mb", "server.app.rss_mb", "loadgen_cpu_pct_of_core"],
-    "echo_ws": ["server_cpu_ms_per_1000", "app_cpu_ms_per_1000", "other_cpu_pct_of_core", "echo_per_s", "latency.p50_ms", "latency.p99_ms", "ack_errors", "server.total.cpu_pct_of_core",
-                "server.app.cpu_pct_of_core", "server.haproxy.cpu_pct_of_core", "server.redis.cpu_pct_of_core",
-                "server.total.rss_mb", "server.app.rss_mb", "loadgen_cpu_pct_of_core", "connect_failed", "upgrade_timeouts"],
-    "echo_polling": ["server_cpu_ms_per_1000", "app_cpu_ms_per_1000", "other_cpu_pct_of_core", "echo_per_s", "latency.p50_ms", "latency.p99_ms", "ack_errors", "server.total.cpu_pct_of_core",
-                     "server.app.cpu_pct_of_core", "server.haproxy.cpu_pct_of_core", "server.total.rss_mb",
-                     "server.app.rss_mb", "loadgen_cpu_pct_of_core", "connect_failed"],
-    "broadcast": ["server_cpu_ms_per_1000", "app_cpu_ms_per_1000", "other_cpu_pct_of_core", "delivered_fraction", "delivered_per_s", "asked_deliveries_per_s", "latency.p50_ms", "latency.p99_ms",
-                  "send_errors", "server.total.cpu_pct_of_core", "server.app.cpu_pct_of_core",
-                  "server.redis.cpu_pct_of_core", "server.total.rss_mb", "server.app.rss_mb", "loadgen_cpu_pct_of_core",
-                  "connect_failed", "upgrade_timeouts"],
+    "connect": [
+        "server_cpu_ms_per_1000",
+        "app_cpu_ms_per_1000",
+        "other_cpu_pct_of_core",
+        "connects_per_s",
+        "connected",
+        "connect_failed",
+        "connect.p50_ms",
+        "connect.p99_ms",
+        "upgraded.p50_ms",
+        "upgraded.p99_ms",
+        "server.total.cpu_s",
+        "server.total.rss_mb",
+        "server.app.rss_mb",
+        "loadgen_cpu_pct_of_core",
+    ],
+    "echo_ws": [
+        "server_cpu_ms_per_1000",
+        "app_cpu_ms_per_1000",
+        "other_cpu_pct_of_core",
+        "echo_per_s",
+        "latency.p50_ms",
+        "latency.p99_ms",
+        "ack_errors",
+        "server.total.cpu_pct_of_core",
+        "server.app.cpu_pct_of_core",
+        "server.haproxy.cpu_pct_of_core",
+        "server.redis.cpu_pct_of_core",
+        "server.total.rss_mb",
+        "server.app.rss_mb",
+        "loadgen_cpu_pct_of_core",
+        "connect_failed",
+        "upgrade_timeouts",
+    ],
+    "echo_polling": [
+        "server_cpu_ms_per_1000",
+        "app_cpu_ms_per_1000",
+        "other_cpu_pct_of_core",
+        "echo_per_s",
+        "latency.p50_ms",
+        "latency.p99_ms",
+        "ack_errors",
+        "server.total.cpu_pct_of_core",
+        "server.app.cpu_pct_of_core",
+        "server.haproxy.cpu_pct_of_core",
+        "server.total.rss_mb",
+        "server.app.rss_mb",
+        "loadgen_cpu_pct_of_core",
+        "connect_failed",
+    ],
+    "broadcast": [
+        "server_cpu_ms_per_1000",
+        "app_cpu_ms_per_1000",
+        "other_cpu_pct_of_core",
+        "delivered_fraction",
+        "delivered_per_s",
+        "asked_deliveries_per_s",
+        "latency.p50_ms",
+        "latency.p99_ms",
+        "send_errors",
+        "server.total.cpu_pct_of_core",
+        "server.app.cpu_pct_of_core",
+        "server.redis.cpu_pct_of_core",
+        "server.total.rss_mb",
+        "server.app.rss_mb",
+        "loadgen_cpu_pct_of_core",
+        "connect_failed",
+        "upgrade_timeouts",
+    ],
 }
 
 
@@ -418,14 +560,18 @@ def cmd_version(argv, pattern=None):
 
 
 def pip_versions(python, names):
-    code = ("import importlib.metadata as m, json, sys\n"
-            "out = {}\n"
-            "for n in sys.argv[1:]:\n"
-            "    try: out[n] = m.version(n)\n"
-            "    except m.PackageNotFoundError: out[n] = None\n"
-            "print(json.dumps(out))")
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = None\n"
+        "print(json.dumps(out))"
+    )
     try:
-        return json.loads(subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, timeout=30).stdout)
+        return json.loads(
+            subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, timeout=30).stdout
+        )
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return {}
 
@@ -440,7 +586,15 @@ def machine():
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     node_pkgs = {}
-    for name in ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis", "engine.io", "engine.io-client", "ws"):
+    for name in (
+        "socket.io",
+        "socket.io-client",
+        "@socket.io/redis-adapter",
+        "redis",
+        "engine.io",
+        "engine.io-client",
+        "ws",
+    ):
         pkg = BENCH / "node_modules" / name / "package.json"
         if pkg.exists():
             node_pkgs[name] = json.loads(pkg.read_text())["version"]
@@ -448,7 +602,7 @@ def machine():
     git = cmd_version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
         "ram_gib": round(mem_kb / 1024 / 1024, 1),
@@ -465,10 +619,24 @@ def machine():
             "node": cmd_version(["node", "-v"]),
             "haproxy": cmd_version(["haproxy", "-v"], r"version (\S+)"),
             "redis": cmd_version(["redis-server", "--version"], r"v=(\S+)"),
-            "template_packages": pip_versions(TEMPLATE_PYTHON, ["Flask", "Flask-SocketIO", "python-socketio", "python-engineio",
-                                                                "gevent", "gevent-websocket", "gunicorn", "redis", "greenlet"]),
-            "asgi_packages": pip_versions(ASGI_PYTHON, ["python-socketio", "python-engineio", "uvicorn", "uvloop", "httptools",
-                                                        "websockets", "redis"]),
+            "template_packages": pip_versions(
+                TEMPLATE_PYTHON,
+                [
+                    "Flask",
+                    "Flask-SocketIO",
+                    "python-socketio",
+                    "python-engineio",
+                    "gevent",
+                    "gevent-websocket",
+                    "gunicorn",
+                    "redis",
+                    "greenlet",
+                ],
+            ),
+            "asgi_packages": pip_versions(
+                ASGI_PYTHON,
+                ["python-socketio", "python-engineio", "uvicorn", "uvloop", "httptools", "websockets", "redis"],
+            ),
             "node_packages": node_pkgs,
         },
     }
@@ -476,16 +644,27 @@ def machine():
 
 # --- main ---------------------------------------------------------------------------------------------------------
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small sizes and 1 run (smoke test, < 2 minutes)")
     p.add_argument("--runs", type=int, default=3, help="runs per system; medians are taken over them (default 3)")
-    p.add_argument("--systems", default="template,node,asgi",
-                   help="comma list of template, template_tuned (LOG_LEVEL=warning ACCESS_LOG=), template_alt "
-                        "(--template-root), node, asgi")
-    p.add_argument("--template-ref", help="benchmark this git ref of the repo (exported to a temporary folder with "
-                   "git archive: scripts/native_stack.py, haproxy.cfg and the app all from it) instead of the work tree")
-    p.add_argument("--template-root", help="another checkout of the template (e.g. a git worktree with a proposed "
-                   "change), run with the template's venv as system template_alt")
+    p.add_argument(
+        "--systems",
+        default="template,node,asgi",
+        help="comma list of template, template_tuned (LOG_LEVEL=warning ACCESS_LOG=), template_alt "
+        "(--template-root), node, asgi",
+    )
+    p.add_argument(
+        "--template-ref",
+        help="benchmark this git ref of the repo (exported to a temporary folder with "
+        "git archive: scripts/native_stack.py, haproxy.cfg and the app all from it) instead of the work tree",
+    )
+    p.add_argument(
+        "--template-root",
+        help="another checkout of the template (e.g. a git worktree with a proposed "
+        "change), run with the template's venv as system template_alt",
+    )
     p.add_argument("--scenarios", default="connect,echo_ws,broadcast,echo_polling,capacity,scaling")
     p.add_argument("--replicas", type=int, default=2, help="server processes per system in the comparisons")
     p.add_argument("--workers", type=int, default=2, help="load generator processes")
@@ -500,15 +679,22 @@ def parse_args(argv):
     p.add_argument("--broadcast-duration", type=float, default=10)
     p.add_argument("--polling-clients", type=int, default=200)
     p.add_argument("--polling-duration", type=float, default=20)
-    p.add_argument("--capacity-clients", type=int, default=10000,
-                   help="capped at HAProxy's maxconn - 50 (native_stack derives maxconn from ulimit -n)")
+    p.add_argument(
+        "--capacity-clients",
+        type=int,
+        default=10000,
+        help="capped at HAProxy's maxconn - 50 (native_stack derives maxconn from ulimit -n)",
+    )
     p.add_argument("--capacity-processes", type=int, default=3)
     p.add_argument("--capacity-rate", type=int, default=500)
     p.add_argument("--capacity-step", type=int, default=1000, help="memory is sampled after every step")
     p.add_argument("--capacity-hold", type=float, default=20)
     p.add_argument("--capacity-workers", type=int, default=4)
-    p.add_argument("--capacity-variants", default="shipped;WORKER_CONNECTIONS=4000",
-                   help="';'-separated template env variants for capacity: 'shipped' or K=V,K=V")
+    p.add_argument(
+        "--capacity-variants",
+        default="shipped;WORKER_CONNECTIONS=4000",
+        help="';'-separated template env variants for capacity: 'shipped' or K=V,K=V",
+    )
     p.add_argument("--scaling-processes", default="1,2,3,4")
     p.add_argument("--scaling-clients", type=int, default=200)
     p.add_argument("--scaling-duration", type=float, default=10)
@@ -518,10 +704,25 @@ def parse_args(argv):
     p.add_argument("--out", help="results folder (default bench/results, or bench/results/quick with --quick)")
     a = p.parse_args(argv)
     if a.quick:
-        quick = dict(runs=1, connect_clients=100, connect_rate=200, echo_clients=50, echo_duration=2,
-                     broadcast_clients=100, broadcast_duration=2, polling_clients=50, polling_duration=2,
-                     capacity_clients=600, capacity_step=300, capacity_hold=1, capacity_variants="shipped",
-                     scaling_processes="1,2", scaling_clients=50, scaling_duration=2, scaling_runs=1)
+        quick = dict(
+            runs=1,
+            connect_clients=100,
+            connect_rate=200,
+            echo_clients=50,
+            echo_duration=2,
+            broadcast_clients=100,
+            broadcast_duration=2,
+            polling_clients=50,
+            polling_duration=2,
+            capacity_clients=600,
+            capacity_step=300,
+            capacity_hold=1,
+            capacity_variants="shipped",
+            scaling_processes="1,2",
+            scaling_clients=50,
+            scaling_duration=2,
+            scaling_runs=1,
+        )
         given = {arg.split("=")[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
         for key, value in quick.items():
             if key not in given:
@@ -551,12 +752,17 @@ def main(argv):
     ALT_ROOT = a.template_root
     if a.template_ref:
         snapshot = Path(tempfile.mkdtemp(prefix="bench-ref-"))
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.template_ref], check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", a.template_ref], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(snapshot)], input=archive, check=True)
         native_stack = load_native_stack(snapshot)
         SNAPSHOTS.append(snapshot)
-        TEMPLATE_REF.append(subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.template_ref],
-                                           capture_output=True, text=True).stdout.strip())
+        TEMPLATE_REF.append(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", a.template_ref], capture_output=True, text=True
+            ).stdout.strip()
+        )
         log(f"template from git ref {a.template_ref} in {snapshot}")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
@@ -571,8 +777,10 @@ def main(argv):
     sizes["capacity_clients_used"] = capacity_clients
     doc = {"machine": machine(), "sizes": sizes, "runs": [], "capacity": [], "scaling": []}
     if capacity_clients < a.capacity_clients and "capacity" in scenarios:
-        doc["notes"] = [f"capacity capped at {capacity_clients} clients: HAProxy maxconn {maxconn} follows ulimit -n "
-                        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} (two descriptors per proxied connection)"]
+        doc["notes"] = [
+            f"capacity capped at {capacity_clients} clients: HAProxy maxconn {maxconn} follows ulimit -n "
+            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} (two descriptors per proxied connection)"
+        ]
     global LOG_DIR
     LOG_DIR = raw_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-logs"
     t_begin = time.monotonic()
@@ -595,8 +803,15 @@ def main(argv):
                     for scenario in comparative:
                         cfg = scenario_cfg(scenario, a)
                         profile = None
-                        if a.profile and run == 1 and scenario in a.profile_scenarios.split(",") and system.startswith("template"):
-                            profile = py_spy_profiler(raw_dir, max(1, cfg["durationMs"] / 1000 - 1), f"{system}-{scenario}")
+                        if (
+                            a.profile
+                            and run == 1
+                            and scenario in a.profile_scenarios.split(",")
+                            and system.startswith("template")
+                        ):
+                            profile = py_spy_profiler(
+                                raw_dir, max(1, cfg["durationMs"] / 1000 - 1), f"{system}-{scenario}"
+                            )
                         try:
                             res = run_loadgen(running, cfg, time_limit=300, profile=profile)
                         except RuntimeError as exc:
@@ -623,7 +838,9 @@ def main(argv):
         if "capacity" in scenarios:
             for variant in a.capacity_variants.split(";"):
                 label, env = parse_env_variant(variant)
-                log(f"capacity: template x{a.capacity_processes}, {capacity_clients} WebSocket clients, variant {label}")
+                log(
+                    f"capacity: template x{a.capacity_processes}, {capacity_clients} WebSocket clients, variant {label}"
+                )
                 with Running("template", a.capacity_processes, env, label=f"capacity-{label}") as running:
                     try:
                         res = run_loadgen(running, scenario_cfg("capacity", a, capacity_clients), time_limit=900)
@@ -636,10 +853,13 @@ def main(argv):
                     if conns:
                         res["app_rss_mb_per_1000_conns"] = round((last["rss_mb"]["app"] - first) / conns * 1000, 2)
                         res["total_rss_mb_per_1000_conns"] = round(
-                            (sum(last["rss_mb"].values()) - sum(res["idle_rss_mb"].values())) / conns * 1000, 2)
+                            (sum(last["rss_mb"].values()) - sum(res["idle_rss_mb"].values())) / conns * 1000, 2
+                        )
                 doc["capacity"].append(res)
-                log(f"  capacity {label}: alive {res.get('alive_after_hold')} of {capacity_clients}, "
-                    f"failures {res.get('failures')}, app RSS/1000 conns {res.get('app_rss_mb_per_1000_conns')} MB")
+                log(
+                    f"  capacity {label}: alive {res.get('alive_after_hold')} of {capacity_clients}, "
+                    f"failures {res.get('failures')}, app RSS/1000 conns {res.get('app_rss_mb_per_1000_conns')} MB"
+                )
     except KeyboardInterrupt:
         log("interrupted: stopping every process")
         cleanup()
@@ -657,8 +877,18 @@ def main(argv):
     text = json.dumps(doc, indent=1)
     (raw_dir / f"{stamp}.json").write_text(text)
     (out_dir / "latest.json").write_text(text)
-    subprocess.run([sys.executable, str(BENCH / "report.py"), str(out_dir / "latest.json"),
-                    "--md", str(out_dir / "latest.md"), "--png", str(out_dir / "latest.png")], check=False)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "report.py"),
+            str(out_dir / "latest.json"),
+            "--md",
+            str(out_dir / "latest.md"),
+            "--png",
+            str(out_dir / "latest.png"),
+        ],
+        check=False,
+    )
     log(f"done in {doc['elapsed_s']}s: {out_dir / 'latest.json'}, latest.md, latest.png")
     return 1 if doc.get("interrupted") else 0
 
@@ -671,7 +901,9 @@ def scaling_medians(rows):
             out[str(n)] = {
                 "echo_per_s": round(statistics.median(r["echo_per_s"] for r in vals), 1),
                 "p99_ms": round(statistics.median(r["latency"]["p99_ms"] for r in vals), 2),
-                "server_cpu_pct_of_core": round(statistics.median(r["server"]["total"]["cpu_pct_of_core"] for r in vals), 1),
+                "server_cpu_pct_of_core": round(
+                    statistics.median(r["server"]["total"]["cpu_pct_of_core"] for r in vals), 1
+                ),
                 "app_rss_mb": round(statistics.median(r["server"]["app"]["rss_mb"] for r in vals), 1),
                 "runs": len(vals),
             }
@@ -683,15 +915,21 @@ def summary(scenario, res):
         return "ERROR"
     srv = res.get("server", {}).get("total", {})
     if scenario == "connect":
-        return (f"{res['connected']}/{res['clients']} connected, {res.get('connects_per_s', 0):.0f}/s, "
-                f"p99 {res['connect']['p99_ms']} ms, failed {res['connect_failed']}, instances {res.get('instances')}")
+        return (
+            f"{res['connected']}/{res['clients']} connected, {res.get('connects_per_s', 0):.0f}/s, "
+            f"p99 {res['connect']['p99_ms']} ms, failed {res['connect_failed']}, instances {res.get('instances')}"
+        )
     if scenario in ("echo_ws", "echo_polling"):
-        return (f"{res['echo_per_s']:.0f} echo/s, p50 {res['latency']['p50_ms']} p99 {res['latency']['p99_ms']} ms, "
-                f"server CPU {srv.get('cpu_pct_of_core')}%, loadgen CPU {res.get('loadgen_cpu_pct_of_core')}%, "
-                f"ws {res.get('websocket')}/{res['clients']}")
+        return (
+            f"{res['echo_per_s']:.0f} echo/s, p50 {res['latency']['p50_ms']} p99 {res['latency']['p99_ms']} ms, "
+            f"server CPU {srv.get('cpu_pct_of_core')}%, loadgen CPU {res.get('loadgen_cpu_pct_of_core')}%, "
+            f"ws {res.get('websocket')}/{res['clients']}"
+        )
     if scenario == "broadcast":
-        return (f"delivered {100 * (res['delivered_fraction'] or 0):.1f}% of {res['expected']}, "
-                f"p50 {res['latency']['p50_ms']} p99 {res['latency']['p99_ms']} ms, server CPU {srv.get('cpu_pct_of_core')}%")
+        return (
+            f"delivered {100 * (res['delivered_fraction'] or 0):.1f}% of {res['expected']}, "
+            f"p50 {res['latency']['p50_ms']} p99 {res['latency']['p99_ms']} ms, server CPU {srv.get('cpu_pct_of_core')}%"
+        )
     return ""
 
 

@@ -13,10 +13,20 @@ import json
 import sys
 from pathlib import Path
 
-NAMES = {"template": "Template (Flask-SocketIO, gevent)", "template_tuned": "Template, tuned",
-         "template_alt": "Template, other checkout",
-         "node": "Node socket.io", "asgi": "python-socketio ASGI"}
-SHORT = {"template": "Template", "template_tuned": "Template tuned", "template_alt": "Template alt", "node": "Node", "asgi": "ASGI"}
+NAMES = {
+    "template": "Template (Flask-SocketIO, gevent)",
+    "template_tuned": "Template, tuned",
+    "template_alt": "Template, other checkout",
+    "node": "Node socket.io",
+    "asgi": "python-socketio ASGI",
+}
+SHORT = {
+    "template": "Template",
+    "template_tuned": "Template tuned",
+    "template_alt": "Template alt",
+    "node": "Node",
+    "asgi": "ASGI",
+}
 
 
 def dig(obj, dotted):
@@ -45,32 +55,103 @@ def cpu_ms_per_1000(med):
 def rows(doc):
     s = doc["sizes"]
     r = []
-    r.append(("Connect", f"clients/s reached ({s['connect_clients']:,} clients asked at {s['connect_rate']}/s)",
-              "connect", "connects_per_s", 0, True))
+    r.append(
+        (
+            "Connect",
+            f"clients/s reached ({s['connect_clients']:,} clients asked at {s['connect_rate']}/s)",
+            "connect",
+            "connects_per_s",
+            0,
+            True,
+        )
+    )
     r.append(("Connect", "connect p99, ms (handshake to `connect`)", "connect", "connect.p99_ms", 0, False))
     r.append(("Connect", "upgraded to WebSocket p99, ms", "connect", "upgraded.p99_ms", 0, False))
     r.append(("Connect", "failed connections", "connect", "connect_failed", 0, False))
-    r.append(("WS echo", f"echoes/s ({s['echo_clients']} clients, 1 in flight each, {s['echo_duration']:g} s)",
-              "echo_ws", "echo_per_s", 0, True))
+    r.append(
+        (
+            "WS echo",
+            f"echoes/s ({s['echo_clients']} clients, 1 in flight each, {s['echo_duration']:g} s)",
+            "echo_ws",
+            "echo_per_s",
+            0,
+            True,
+        )
+    )
     r.append(("WS echo", "latency p50 / p99, ms", "echo_ws", ("latency.p50_ms", "latency.p99_ms"), 1, False))
-    r.append(("WS echo", "server CPU, % of one core (apps+HAProxy+Redis)", "echo_ws", "server.total.cpu_pct_of_core", 0, False))
-    r.append(("WS echo", "server CPU ms per 1,000 echoes (all server processes)", "echo_ws", "server_cpu_ms_per_1000", 0, False))
-    r.append(("Polling echo", f"echoes/s ({s['polling_clients']} clients, long-polling only, {s['polling_duration']:g} s)",
-              "echo_polling", "echo_per_s", 0, True))
+    r.append(
+        (
+            "WS echo",
+            "server CPU, % of one core (apps+HAProxy+Redis)",
+            "echo_ws",
+            "server.total.cpu_pct_of_core",
+            0,
+            False,
+        )
+    )
+    r.append(
+        (
+            "WS echo",
+            "server CPU ms per 1,000 echoes (all server processes)",
+            "echo_ws",
+            "server_cpu_ms_per_1000",
+            0,
+            False,
+        )
+    )
+    r.append(
+        (
+            "Polling echo",
+            f"echoes/s ({s['polling_clients']} clients, long-polling only, {s['polling_duration']:g} s)",
+            "echo_polling",
+            "echo_per_s",
+            0,
+            True,
+        )
+    )
     r.append(("Polling echo", "latency p50 / p99, ms", "echo_polling", ("latency.p50_ms", "latency.p99_ms"), 1, False))
     r.append(("Polling echo", "server CPU ms per 1,000 echoes", "echo_polling", "server_cpu_ms_per_1000", 0, False))
     asked = s["broadcast_clients"] * s["broadcast_senders"] * s["broadcast_rate"]
-    r.append(("Broadcast", f"delivered, % of {asked:,.0f}/s asked ({s['broadcast_clients']:,} clients, "
-              f"{s['broadcast_senders']} senders x {s['broadcast_rate']:g}/s, {s['broadcast_duration']:g} s)",
-              "broadcast", lambda m: 100 * m["delivered_fraction"] if m.get("delivered_fraction") is not None else None, 1, True))
-    r.append(("Broadcast", "delivery latency p50 / p99, ms", "broadcast", ("latency.p50_ms", "latency.p99_ms"), 1, False))
+    r.append(
+        (
+            "Broadcast",
+            f"delivered, % of {asked:,.0f}/s asked ({s['broadcast_clients']:,} clients, "
+            f"{s['broadcast_senders']} senders x {s['broadcast_rate']:g}/s, {s['broadcast_duration']:g} s)",
+            "broadcast",
+            lambda m: 100 * m["delivered_fraction"] if m.get("delivered_fraction") is not None else None,
+            1,
+            True,
+        )
+    )
+    r.append(
+        ("Broadcast", "delivery latency p50 / p99, ms", "broadcast", ("latency.p50_ms", "latency.p99_ms"), 1, False)
+    )
     r.append(("Broadcast", "server CPU, % of one core", "broadcast", "server.total.cpu_pct_of_core", 0, False))
     r.append(("Broadcast", "server CPU ms per 1,000 deliveries", "broadcast", "server_cpu_ms_per_1000", 1, False))
-    r.append(("Memory", f"RSS of all server processes with {s['broadcast_clients']:,} clients, MB", "broadcast",
-              "server.total.rss_mb", 0, False))
+    r.append(
+        (
+            "Memory",
+            f"RSS of all server processes with {s['broadcast_clients']:,} clients, MB",
+            "broadcast",
+            "server.total.rss_mb",
+            0,
+            False,
+        )
+    )
     r.append(("Memory", "of which the app processes, MB", "broadcast", "server.app.rss_mb", 0, False))
-    r.append(("Load generator", "its CPU during WS echo, % of one core", "echo_ws", "loadgen_cpu_pct_of_core", 0, False))
-    r.append(("Other load", "CPU used by other programs during WS echo, % of one core", "echo_ws", "other_cpu_pct_of_core", 0, False))
+    r.append(
+        ("Load generator", "its CPU during WS echo, % of one core", "echo_ws", "loadgen_cpu_pct_of_core", 0, False)
+    )
+    r.append(
+        (
+            "Other load",
+            "CPU used by other programs during WS echo, % of one core",
+            "echo_ws",
+            "other_cpu_pct_of_core",
+            0,
+            False,
+        )
+    )
     return r
 
 
@@ -102,7 +183,9 @@ def ratio(a, b):
 def markdown(doc):
     m = doc["machine"]
     med = doc["medians"]
-    systems = [s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())]
+    systems = [
+        s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())
+    ]
     bases = [s for s in ("template", "template_tuned", "template_alt") if s in systems]
     refs = [s for s in ("node", "asgi") if s in systems]
     runs = doc["sizes"]["runs"]
@@ -111,19 +194,25 @@ def markdown(doc):
     tp = v.get("template_packages", {})
     ap = v.get("asgi_packages", {})
     np_ = v.get("node_packages", {})
-    out.append(f"Measured {m['date'][:10]} on {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
-               f"Linux {m['kernel']}; Python {v.get('python_template')}, Node {v.get('node')}, HAProxy {v.get('haproxy')}, "
-               f"Redis {v.get('redis')}; template at {m.get('template_git', '?')}. Load average at start {' '.join(m['loadavg_at_start'])}, at end "
-               f"{' '.join(m.get('loadavg_at_end', ['?']))}. Every system: 2 server processes behind the repo's "
-               f"haproxy.cfg (sticky on `io`) and one Redis, all on this machine together with the load generator "
-               f"({doc['sizes']['workers']} Node processes). Medians of {runs} interleaved run(s).")
+    out.append(
+        f"Measured {m['date'][:10]} on {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
+        f"Linux {m['kernel']}; Python {v.get('python_template')}, Node {v.get('node')}, HAProxy {v.get('haproxy')}, "
+        f"Redis {v.get('redis')}; template at {m.get('template_git', '?')}. Load average at start {' '.join(m['loadavg_at_start'])}, at end "
+        f"{' '.join(m.get('loadavg_at_end', ['?']))}. Every system: 2 server processes behind the repo's "
+        f"haproxy.cfg (sticky on `io`) and one Redis, all on this machine together with the load generator "
+        f"({doc['sizes']['workers']} Node processes). Medians of {runs} interleaved run(s)."
+    )
     out.append("")
-    out.append(f"Versions: Flask-SocketIO {tp.get('Flask-SocketIO')}, python-socketio {tp.get('python-socketio')}, "
-               f"gevent {tp.get('gevent')}, gunicorn {tp.get('gunicorn')}; socket.io {np_.get('socket.io')} + "
-               f"@socket.io/redis-adapter {np_.get('@socket.io/redis-adapter')}; uvicorn {ap.get('uvicorn')} + "
-               f"uvloop {ap.get('uvloop')}; client socket.io-client {np_.get('socket.io-client')}.")
+    out.append(
+        f"Versions: Flask-SocketIO {tp.get('Flask-SocketIO')}, python-socketio {tp.get('python-socketio')}, "
+        f"gevent {tp.get('gevent')}, gunicorn {tp.get('gunicorn')}; socket.io {np_.get('socket.io')} + "
+        f"@socket.io/redis-adapter {np_.get('@socket.io/redis-adapter')}; uvicorn {ap.get('uvicorn')} + "
+        f"uvloop {ap.get('uvloop')}; client socket.io-client {np_.get('socket.io-client')}."
+    )
     out.append("")
-    header = ["Scenario", "Measure"] + [SHORT[s] for s in systems] + [f"{SHORT[b]}/{SHORT[r]}" for b in bases for r in refs]
+    header = (
+        ["Scenario", "Measure"] + [SHORT[s] for s in systems] + [f"{SHORT[b]}/{SHORT[r]}" for b in bases for r in refs]
+    )
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
     for scenario_label, label, scenario, metric, digits, _higher_better in rows(doc):
@@ -138,34 +227,45 @@ def markdown(doc):
         out.append("| " + " | ".join(cells) + " |")
     if doc.get("capacity"):
         out.append("")
-        out.append("| Capacity (template, WebSocket only) | processes | clients asked | alive after hold | failures | "
-                   "ramp, s | app RSS per 1,000 clients, MB | all servers' RSS per 1,000 clients, MB |")
+        out.append(
+            "| Capacity (template, WebSocket only) | processes | clients asked | alive after hold | failures | "
+            "ramp, s | app RSS per 1,000 clients, MB | all servers' RSS per 1,000 clients, MB |"
+        )
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for c in doc["capacity"]:
             if "error" in c:
                 out.append(f"| {c['variant']} | {c['processes']} | – | error | – | – | – | – |")
                 continue
-            out.append(f"| {c['variant']} | {c['processes']} | {c['clients']:,} | {c.get('alive_after_hold', 0):,} | "
-                       f"{c.get('failures', 0):,} | {fmt(c.get('ramp_s'), 1)} | {fmt(c.get('app_rss_mb_per_1000_conns'), 1)} | "
-                       f"{fmt(c.get('total_rss_mb_per_1000_conns'), 1)} |")
+            out.append(
+                f"| {c['variant']} | {c['processes']} | {c['clients']:,} | {c.get('alive_after_hold', 0):,} | "
+                f"{c.get('failures', 0):,} | {fmt(c.get('ramp_s'), 1)} | {fmt(c.get('app_rss_mb_per_1000_conns'), 1)} | "
+                f"{fmt(c.get('total_rss_mb_per_1000_conns'), 1)} |"
+            )
     if doc.get("scaling_medians"):
         sm = doc["scaling_medians"]
         out.append("")
-        out.append(f"| Cost growth (template, WS echo, {doc['sizes']['scaling_clients']} clients) | "
-                   + " | ".join(f"{n} proc." for n in sm) + " |")
+        out.append(
+            f"| Cost growth (template, WS echo, {doc['sizes']['scaling_clients']} clients) | "
+            + " | ".join(f"{n} proc." for n in sm)
+            + " |"
+        )
         out.append("|---|" + "---:|" * len(sm))
         out.append("| echoes/s | " + " | ".join(fmt(sm[n]["echo_per_s"]) for n in sm) + " |")
         out.append("| latency p99, ms | " + " | ".join(fmt(sm[n]["p99_ms"], 1) for n in sm) + " |")
-        out.append("| server CPU, % of one core | " + " | ".join(fmt(sm[n]["server_cpu_pct_of_core"]) for n in sm) + " |")
+        out.append(
+            "| server CPU, % of one core | " + " | ".join(fmt(sm[n]["server_cpu_pct_of_core"]) for n in sm) + " |"
+        )
         out.append("| app RSS, MB | " + " | ".join(fmt(sm[n]["app_rss_mb"]) for n in sm) + " |")
     s = doc["sizes"]
     out.append("")
-    out.append(f"Sizes used: connect {s['connect_clients']} clients at {s['connect_rate']}/s; WS echo {s['echo_clients']} "
-               f"clients x {s['echo_duration']:g} s; broadcast {s['broadcast_clients']} clients, {s['broadcast_senders']} "
-               f"senders x {s['broadcast_rate']:g}/s for {s['broadcast_duration']:g} s; polling echo {s['polling_clients']} "
-               f"clients x {s['polling_duration']:g} s; capacity {s.get('capacity_clients_used')} clients on "
-               f"{s['capacity_processes']} processes, held {s['capacity_hold']:g} s; cost growth {s['scaling_processes']} "
-               f"processes x {s['scaling_duration']:g} s; runs {runs}" + (" (quick)" if s.get("quick") else "") + ".")
+    out.append(
+        f"Sizes used: connect {s['connect_clients']} clients at {s['connect_rate']}/s; WS echo {s['echo_clients']} "
+        f"clients x {s['echo_duration']:g} s; broadcast {s['broadcast_clients']} clients, {s['broadcast_senders']} "
+        f"senders x {s['broadcast_rate']:g}/s for {s['broadcast_duration']:g} s; polling echo {s['polling_clients']} "
+        f"clients x {s['polling_duration']:g} s; capacity {s.get('capacity_clients_used')} clients on "
+        f"{s['capacity_processes']} processes, held {s['capacity_hold']:g} s; cost growth {s['scaling_processes']} "
+        f"processes x {s['scaling_duration']:g} s; runs {runs}" + (" (quick)" if s.get("quick") else "") + "."
+    )
     for note in doc.get("notes", []):
         out.append(f"Note: {note}.")
     return "\n".join(out) + "\n"
@@ -178,8 +278,16 @@ def plot(doc, path):
     import matplotlib.pyplot as plt
 
     med = doc["medians"]
-    systems = [s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())]
-    colors = {"template": "#d62728", "template_tuned": "#ff9896", "template_alt": "#ff7f0e", "node": "#2ca02c", "asgi": "#1f77b4"}
+    systems = [
+        s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())
+    ]
+    colors = {
+        "template": "#d62728",
+        "template_tuned": "#ff9896",
+        "template_alt": "#ff7f0e",
+        "node": "#2ca02c",
+        "asgi": "#1f77b4",
+    }
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
 
     ax = axes[0][0]
@@ -220,21 +328,30 @@ def plot(doc, path):
         ax2 = ax.twinx()
         ax2.plot(xs, [sm[n]["server_cpu_pct_of_core"] for n in sm], "s--", color="grey", label="server CPU %")
         ax2.set_ylabel("server CPU, % of one core")
-        ax.set_title(f"Cost growth: WS echo, {doc['sizes']['scaling_clients']} clients ({doc['machine']['nproc']} cores)")
+        ax.set_title(
+            f"Cost growth: WS echo, {doc['sizes']['scaling_clients']} clients ({doc['machine']['nproc']} cores)"
+        )
     ax = axes[1][1]
     for c in doc.get("capacity", []):
         steps = c.get("steps") or []
         if steps:
             idle = c["idle_rss_mb"]["app"]
-            ax.plot([0] + [st["connected"] for st in steps], [idle] + [st["rss_mb"]["app"] for st in steps], "o-",
-                    label=f"template x{c['processes']}: {c['variant']}")
+            ax.plot(
+                [0] + [st["connected"] for st in steps],
+                [idle] + [st["rss_mb"]["app"] for st in steps],
+                "o-",
+                label=f"template x{c['processes']}: {c['variant']}",
+            )
     ax.set_xlabel("connected WebSocket clients")
     ax.set_ylabel("app processes' RSS, MB")
     ax.set_title("Memory vs connections")
     if doc.get("capacity"):
         ax.legend(fontsize=8)
-    fig.suptitle(f"bench/run {doc['machine']['date'][:10]}: {doc['machine']['nproc']} cores, medians of "
-                 f"{doc['sizes']['runs']} run(s)", fontsize=11)
+    fig.suptitle(
+        f"bench/run {doc['machine']['date'][:10]}: {doc['machine']['nproc']} cores, medians of "
+        f"{doc['sizes']['runs']} run(s)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -135,9 +135,20 @@ class Settings:
     ping_interval: int = 25
     ping_timeout: int = 20
     max_http_buffer_size: int = 1_000_000
+    # per-connection limits (realtime/limits.py); 0 turns a limit off
+    event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
+    event_burst: int = 100  # EVENT_BURST: bucket size
+    event_flood_disconnect: int = 500  # EVENT_FLOOD_DISCONNECT: refused packets within 10s that end the connection
+    bad_packet_limit: int = 10  # BAD_PACKET_LIMIT: malformed packets that end the connection
+    max_rooms_per_client: int = 50  # MAX_ROOMS_PER_CLIENT
+    # graceful stop (realtime/lifecycle.py) and Redis start-up wait (realtime/message_queue.py)
+    drain_seconds: float = 3.0  # DRAIN_SECONDS
+    close_spread_seconds: float = 10.0  # CLOSE_SPREAD_SECONDS
+    redis_wait_seconds: float = 30.0  # REDIS_WAIT_SECONDS
     cookie: CookieSettings = CookieSettings()
     require_login: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"  # LOG_FORMAT: text or json (one JSON object per line)
 
     @property
     def development(self):
@@ -167,9 +178,18 @@ class Settings:
             ping_interval=env_number(env, "PING_INTERVAL", 25, minimum=1),
             ping_timeout=env_number(env, "PING_TIMEOUT", 20, minimum=1),
             max_http_buffer_size=env_number(env, "MAX_HTTP_BUFFER_SIZE", 1_000_000, minimum=1024),
+            event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),
+            event_burst=env_number(env, "EVENT_BURST", 100, minimum=1),
+            event_flood_disconnect=env_number(env, "EVENT_FLOOD_DISCONNECT", 500, minimum=0),
+            bad_packet_limit=env_number(env, "BAD_PACKET_LIMIT", 10, minimum=0),
+            max_rooms_per_client=env_number(env, "MAX_ROOMS_PER_CLIENT", 50, minimum=0),
+            drain_seconds=env_number(env, "DRAIN_SECONDS", 3.0, kind=float, minimum=0),
+            close_spread_seconds=env_number(env, "CLOSE_SPREAD_SECONDS", 10.0, kind=float, minimum=0),
+            redis_wait_seconds=env_number(env, "REDIS_WAIT_SECONDS", 30.0, kind=float, minimum=0),
             cookie=cookie,
             require_login=env_bool(env, "REQUIRE_LOGIN", False),
             log_level=env_str(env, "LOG_LEVEL", "info").upper(),
+            log_format=env_str(env, "LOG_FORMAT", "text").lower(),
         )
         values.update(overrides)
         settings = cls(**values)
@@ -179,6 +199,8 @@ class Settings:
     def validate(self):
         if self.env not in ("production", "development"):
             raise ConfigError(f"APP_ENV={self.env!r} must be production or development")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r} must be text or json")
         if not self.development:
             if self.secret_key.strip().lower() in KNOWN_UNSAFE_SECRET_KEYS:
                 raise ConfigError(
@@ -194,7 +216,10 @@ class Settings:
             if not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"CORS_ALLOWED_ORIGINS entry {origin!r} must start with http:// or https://")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
-            raise ConfigError(f"REDIS_URL={self.redis_url!r} must start with redis:// or rediss:// (other schemes would silently select Kombu)")
+            raise ConfigError(
+                f"REDIS_URL={self.redis_url!r} must start with redis:// or rediss:// "
+                "(other schemes would silently select Kombu)"
+            )
         self.cookie.validate()
 
     def public_dict(self):

@@ -3,7 +3,7 @@
 import threading
 
 import redis
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 bp = Blueprint("health", __name__)
 
@@ -48,4 +48,7 @@ def readyz():
         message_queue=message_queue_state(),
         **connection_counts(),
     )
-    return jsonify(body), 200 if ready else 503
+    # HAProxy's check asks for ?draining=404: `http-check disable-on-404` turns a 404 into a soft stop (no new
+    # clients, open sockets kept), while a 503 would mark it DOWN and cut every socket at once (shutdown-sessions)
+    status = 200 if ready else (404 if request.args.get("draining") == "404" else 503)
+    return jsonify(body), status

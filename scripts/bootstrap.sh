@@ -41,3 +41,8 @@ npm_install() {
     (cd "$REPO" && npm run --silent build >&2)
   fi
 }
+
+# Headless Chromium and its driver for the demo page's browser tests (tests/test_demo_page.py).
+need_browser() {
+  need_system_packages chromium:chromium chromedriver:chromium-driver
+}

@@ -1,7 +1,7 @@
 """The whole stack without Docker: Redis, APP_REPLICAS gunicorn instances and HAProxy, started from the
 repo's own wsgi.py, gunicorn.conf.py and haproxy/haproxy.cfg. Used by `scripts/stack` and by the tests.
 
-    scripts/stack up | status | down | restart-app NAME
+    scripts/stack up | status | down | restart-app NAME | scale N | reload
 
 Environment: STACK_PORT (8080, HAProxy's public port), APP_REPLICAS (3), STACK_DIR (.stack/ in the repo),
 REDIS_URL (set it to use your own Redis instead of starting one); every other variable is passed to the
@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,14 @@ MAX_REPLICAS = 8  # server slots in haproxy.cfg's native branch
 
 class StackError(RuntimeError):
     pass
+
+
+def slot_number(name):
+    """app4 -> 4: the haproxy.cfg slot (APP4_ADDR, `server app4 ... cookie app4`) of an instance."""
+    number = name[3:] if name.startswith("app") else ""
+    if not number.isdigit() or not 1 <= int(number) <= MAX_REPLICAS:
+        raise StackError(f"instance name {name!r} is not app1 ... app{MAX_REPLICAS}")
+    return int(number)
 
 
 def free_port(host="127.0.0.1"):
@@ -55,7 +64,11 @@ def pid_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by the process that started it) is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def haproxy_maxconn(ceiling=20000):
@@ -117,7 +130,12 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so `down` stops its children too
         )
         log.close()
@@ -155,8 +173,9 @@ class Stack:
         for key in [k for k in env if k.startswith("APP") and k.endswith("_ADDR")]:
             del env[key]
         env.pop("APP_DNS_NAME", None)
-        for index, app in enumerate(state["apps"], start=1):
-            env[f"APP{index}_ADDR"] = f"127.0.0.1:{app['port']}"
+        # by name, not by position: after `scale` the live set can be app1, app4 (server name = instance name)
+        for app in state["apps"]:
+            env[f"APP{slot_number(app['name'])}_ADDR"] = f"127.0.0.1:{app['port']}"
         return env
 
     # --- commands -----------------------------------------------------------------------------------
@@ -191,8 +210,19 @@ class Stack:
             state["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "port": redis_port}
             state["redis"]["pid"] = self.spawn(
                 "redis",
-                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.dir)],
+                [
+                    "redis-server",
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                ],
                 dict(os.environ),
             )
         self.save(state)
@@ -212,15 +242,110 @@ class Stack:
             raise
         return self.status()
 
-    def start_haproxy(self, state):
+    def start_haproxy(self, state, replaces=None):
         subprocess.run(["haproxy", "-c", "-q", "-f", str(HAPROXY_CFG)], env=self.haproxy_env(state), check=True)
         argv = ["haproxy", "-W", "-f", str(HAPROXY_CFG), "-p", state["haproxy"]["pidfile"]]
+        if replaces:
+            # take the listening sockets over from the running HAProxy through its runtime socket (-x), then
+            # soft-stop it (-sf): it finishes its connections, WebSockets up to hard-stop-after
+            argv += ["-x", state["haproxy"]["socket"], "-sf", str(replaces)]
         state["haproxy"]["pid"] = self.spawn("haproxy", argv, self.haproxy_env(state))
 
-    def reload_haproxy(self, state=None):
-        """Graceful reload: the master starts new workers, old ones finish their connections."""
+    def reload_haproxy(self, state=None, timeout=30):
+        """Graceful reload with the stack's current instances (also after `scale`): a new HAProxy master
+        takes the listening sockets over and the old one finishes its connections. Not SIGUSR2: the master
+        would re-exec with the environment it started with, i.e. the APPn_ADDR of `up`."""
         state = state or self.load()
-        os.kill(state["haproxy"]["pid"], signal.SIGUSR2)
+        old = state["haproxy"]["pid"]
+        previous = [pid for pid in state["haproxy"].get("previous_pids", []) if pid_alive(pid)]
+        state["haproxy"]["previous_pids"] = previous + [old]  # `down` stops them if they are still finishing
+        self.start_haproxy(state, replaces=old)
+        self.save(state)
+        wait_for(
+            lambda: self.haproxy_worker_master(state) == state["haproxy"]["pid"],
+            timeout,
+            "the new HAProxy to answer on the runtime socket",
+        )
+        self.wait_all_up(state, timeout)
+
+    def haproxy_worker_master(self, state):
+        """The pid of the master whose worker answers on the runtime socket (None if none answers)."""
+        try:
+            info = haproxy_command(state["haproxy"]["socket"], "show info")
+        except OSError:
+            return None
+        worker = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Pid:")), "")
+        try:
+            with open(f"/proc/{int(worker)}/stat") as stat:
+                return int(stat.read().rsplit(")", 1)[1].split()[1])  # field 4: the parent's pid
+        except (OSError, ValueError, IndexError):
+            return None
+
+    # --- scaling ------------------------------------------------------------------------------------
+    def runtime(self, state, command):
+        """One HAProxy runtime API command that must succeed (errors come back as text)."""
+        reply = haproxy_command(state["haproxy"]["socket"], command).strip()
+        if reply.lower().startswith(("no such", "unknown", "require", "invalid", "failed")):
+            raise StackError(f"HAProxy refused {command!r}: {reply}")
+        return reply
+
+    def scale(self, replicas, timeout=60):
+        """Runs `replicas` app instances: starts new ones in the free slots (app4, app5 ... after app1-app3),
+        or stops surplus ones gracefully (dead ones first, then the highest-numbered), and switches HAProxy's
+        slots through its runtime API (`set server app/appN addr|state`). No reload: the other instances'
+        clients keep their connections, and every live instance keeps its name, so its cookies stay valid."""
+        state = self.load()
+        if state is None or not state["haproxy"].get("pid") or not pid_alive(state["haproxy"]["pid"]):
+            raise StackError(f"no stack is running from {self.dir} (scripts/stack up first)")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise StackError(f"scale {replicas}: haproxy.cfg has slots for 1 to {MAX_REPLICAS} instances")
+        if replicas > len(state["apps"]):
+            self.add_apps(state, replicas - len(state["apps"]), timeout)
+        elif replicas < len(state["apps"]):
+            self.remove_apps(state, len(state["apps"]) - replicas)
+        return self.status()
+
+    def add_apps(self, state, count, timeout):
+        taken = {app["name"] for app in state["apps"]}
+        names = [f"app{n}" for n in range(1, MAX_REPLICAS + 1) if f"app{n}" not in taken][:count]
+        new = [{"name": name, "port": free_port()} for name in names]
+        state["apps"] = sorted(state["apps"] + new, key=lambda app: slot_number(app["name"]))
+        for app in new:
+            self.start_app(state, app)
+        self.save(state)  # pids first: `down` stops them whatever happens next
+        try:
+            for app in new:
+                wait_for(lambda a=app: self.app_ready(a), timeout, f"{app['name']} to answer /readyz")
+        except StackError:
+            for app in new:
+                self.stop_pid(app["pid"])
+            state["apps"] = [app for app in state["apps"] if app not in new]
+            self.save(state)
+            raise
+        for app in new:
+            self.runtime(state, f"set server app/{app['name']} addr 127.0.0.1 port {app['port']}")
+            self.runtime(state, f"set server app/{app['name']} state ready")
+        self.wait_all_up(state, timeout)
+
+    def remove_apps(self, state, count):
+        def alive(app):
+            return bool(app.get("pid")) and pid_alive(app["pid"])
+
+        surplus = sorted(state["apps"], key=lambda app: (alive(app), -slot_number(app["name"])))[:count]
+        for app in surplus:
+            # no new clients; the ones it has keep reaching it until its graceful stop closes their connections
+            # (realtime/lifecycle.py), then they reconnect to the others (option redispatch)
+            self.runtime(state, f"set server app/{app['name']} state drain")
+        for app in surplus:
+            if alive(app):
+                os.killpg(app["pid"], signal.SIGTERM)  # all at once; stop_pid below waits for each
+        grace = int(self.env.get("GRACEFUL_TIMEOUT") or 20) + 5
+        for app in surplus:
+            if app.get("pid"):
+                self.stop_pid(app["pid"], timeout=grace)
+            self.runtime(state, f"set server app/{app['name']} state maint")
+        state["apps"] = [app for app in state["apps"] if app not in surplus]
+        self.save(state)
 
     def app_ready(self, app):
         import urllib.request
@@ -236,8 +361,11 @@ class Stack:
         state = state or self.load()
         text = haproxy_command(state["haproxy"]["socket"], "show stat")
         rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "app"
-                and row["svname"] not in ("FRONTEND", "BACKEND")}
+        return {
+            row["svname"]: row["status"]
+            for row in rows
+            if row["pxname"] == "app" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def wait_all_up(self, state, timeout):
         names = {app["name"] for app in state["apps"]}
@@ -253,7 +381,7 @@ class Stack:
 
     def pids(self, state):
         pids = [app.get("pid") for app in state["apps"]]
-        pids += [state["redis"].get("pid"), state["haproxy"].get("pid")]
+        pids += [state["redis"].get("pid"), state["haproxy"].get("pid"), *state["haproxy"].get("previous_pids", [])]
         return [pid for pid in pids if pid]
 
     def status(self):
@@ -264,8 +392,12 @@ class Stack:
         return {
             "url": f"http://127.0.0.1:{state['port']}",
             "apps": [
-                {"name": app["name"], "url": f"http://127.0.0.1:{app['port']}", "pid": app.get("pid"),
-                 "alive": bool(app.get("pid")) and pid_alive(app["pid"])}
+                {
+                    "name": app["name"],
+                    "url": f"http://127.0.0.1:{app['port']}",
+                    "pid": app.get("pid"),
+                    "alive": bool(app.get("pid")) and pid_alive(app["pid"]),
+                }
                 for app in state["apps"]
             ],
             "redis": {"url": state["redis"]["url"], "pid": state["redis"].get("pid")},
@@ -278,10 +410,10 @@ class Stack:
             "logs": str(self.logs),
         }
 
-    def stop_pid(self, pid, timeout=25):
-        """SIGTERM the process group, then SIGKILL what is left after `timeout` seconds."""
+    def stop_pid(self, pid, timeout=25, sig=signal.SIGTERM):
+        """`sig` (SIGTERM) to the process group, then SIGKILL what is left after `timeout` seconds."""
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
@@ -305,9 +437,20 @@ class Stack:
             return
         if state["haproxy"].get("pid"):
             self.stop_pid(state["haproxy"]["pid"], timeout=5)
-        for app in state["apps"]:
-            if app.get("pid"):
-                self.stop_pid(app["pid"])
+        for pid in state["haproxy"].get("previous_pids", []):  # replaced by reload_haproxy, maybe still finishing
+            if pid_alive(pid):
+                self.stop_pid(pid, timeout=5)
+        # HAProxy is gone, so there is nothing to drain (realtime/lifecycle.py): gunicorn's quick stop (SIGINT),
+        # all instances at the same time
+        stoppers = [
+            threading.Thread(target=self.stop_pid, args=(app["pid"], 25, signal.SIGINT))
+            for app in state["apps"]
+            if app.get("pid")
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         if state["redis"].get("pid"):
             self.stop_pid(state["redis"]["pid"])
         self.state_file.unlink(missing_ok=True)
@@ -324,6 +467,14 @@ def main(argv):
         elif command == "down":
             stack.down()
             print(json.dumps({"running": False}))
+        elif command == "scale":
+            if len(argv) != 3 or not argv[2].isdigit():
+                print(f"usage: scripts/stack scale N   (N app instances, 1 to {MAX_REPLICAS})", file=sys.stderr)
+                return 2
+            print(json.dumps(stack.scale(int(argv[2])), indent=2))
+        elif command == "reload":
+            stack.reload_haproxy()
+            print(json.dumps(stack.status(), indent=2))
         else:
             print(__doc__, file=sys.stderr)
             return 2

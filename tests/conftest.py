@@ -33,8 +33,11 @@ def make_stack(tmp_path_factory):
 
     def make(replicas=3, message_queue=True, **env):
         stack = Stack(
-            state_dir=tmp_path_factory.mktemp("stack"), port=free_port(), replicas=replicas,
-            env=stack_env(**env), message_queue=message_queue,
+            state_dir=tmp_path_factory.mktemp("stack"),
+            port=free_port(),
+            replicas=replicas,
+            env=stack_env(**env),
+            message_queue=message_queue,
         )
         stack.up()
         started.append(stack)
@@ -57,8 +60,13 @@ def own_stack(tmp_path):
     stacks = []
 
     def make(replicas=3, message_queue=True, **env):
-        stack = Stack(state_dir=tmp_path / f"stack{len(stacks)}", port=free_port(), replicas=replicas,
-                      env=stack_env(**env), message_queue=message_queue)
+        stack = Stack(
+            state_dir=tmp_path / f"stack{len(stacks)}",
+            port=free_port(),
+            replicas=replicas,
+            env=stack_env(**env),
+            message_queue=message_queue,
+        )
         stacks.append(stack)
         stack.up()
         return stack

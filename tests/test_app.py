@@ -9,7 +9,9 @@ DEV = {"APP_ENV": "development"}
 
 def received(client, name):
     """Payloads of the events `name` that a test client got (one argument per event here)."""
-    return [e["args"][0] if isinstance(e["args"], list) else e["args"] for e in client.get_received() if e["name"] == name]
+    return [
+        e["args"][0] if isinstance(e["args"], list) else e["args"] for e in client.get_received() if e["name"] == name
+    ]
 
 
 def test_production_refuses_missing_or_default_secret_key():
@@ -88,7 +90,13 @@ def test_broadcast_reaches_every_client(sio_test_client):
 
 @pytest.mark.parametrize(
     "event,data",
-    [("join", None), ("join", {"room": 5}), ("leave", "r"), ("say", {"room": "r"}), ("say", {"room": "r", "message": 1})],
+    [
+        ("join", None),
+        ("join", {"room": 5}),
+        ("leave", "r"),
+        ("say", {"room": "r"}),
+        ("say", {"room": "r", "message": 1}),
+    ],
 )
 def test_bad_event_input_gets_an_error_ack(sio_test_client, event, data):
     client = sio_test_client()

@@ -43,8 +43,12 @@ def test_cookie_option_values_are_strings_or_flags():
 def custom_cookie_stack(make_stack):
     return make_stack(
         replicas=2,
-        IO_COOKIE_NAME="rt", IO_COOKIE_PATH="/", IO_COOKIE_DOMAIN="127.0.0.1", IO_COOKIE_SAMESITE="Strict",
-        IO_COOKIE_MAX_AGE="3600", IO_COOKIE_EXPIRES="7200",
+        IO_COOKIE_NAME="rt",
+        IO_COOKIE_PATH="/",
+        IO_COOKIE_DOMAIN="127.0.0.1",
+        IO_COOKIE_SAMESITE="Strict",
+        IO_COOKIE_MAX_AGE="3600",
+        IO_COOKIE_EXPIRES="7200",
     )
 
 
@@ -109,7 +113,7 @@ def test_application_cookies_on_handshake_and_polls(stack):
     assert set_cookies(http.post(endpoint, data="40", timeout=5)) == {}  # randomId kept: nothing new
     assert set_cookies(http.get(endpoint, timeout=5)) == {}
     del http.cookies["randomId"]  # a client without it gets one on its next poll, uid does not return
-    later = http.post(endpoint, data="42[\"echo\",1]", timeout=5)
+    later = http.post(endpoint, data='42["echo",1]', timeout=5)
     assert set(set_cookies(later)) == {"randomId"}
     http.post(endpoint, data="1", timeout=5)
 
@@ -124,7 +128,9 @@ def test_websocket_upgrade_101_carries_no_application_cookies(stack):
     cookie_header = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
     ws = websocket.create_connection(
         url.replace("http", "ws") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        header=[f"Cookie: {cookie_header}"], origin=url, timeout=5,
+        header=[f"Cookie: {cookie_header}"],
+        origin=url,
+        timeout=5,
     )
     try:
         assert ws.getstatus() == 101

@@ -525,9 +525,9 @@ def test_haproxy_limits_and_stop_timeout(compose):
     haproxy = compose["services"]["haproxy"]
     maxconn = int(container_env(haproxy, {})["HAPROXY_MAXCONN"])
     assert 2 * maxconn + 1000 <= haproxy["ulimits"]["nofile"]["soft"], "two fds per connection, plus margin"
-    cfg = HAPROXY_CFG.read_text()
-    hard_stop = re.search(r'hard-stop-after "\$\{HAPROXY_HARD_STOP_AFTER-([0-9a-z]+)\}"', cfg).group(1)
-    assert duration_seconds(haproxy["stop_grace_period"]) > duration_seconds(hard_stop)
+    # hard-stop-after (10m) is for reloads, where old processes keep WebSockets; a container stop may
+    # cut them sooner, but not before the close spread of a soft stop has had time (30s)
+    assert duration_seconds(haproxy["stop_grace_period"]) >= 30
     assert "ports" not in haproxy or all("8404" not in str(p) for p in haproxy["ports"]), "stats stay private"
 
 

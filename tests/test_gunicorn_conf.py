@@ -21,8 +21,14 @@ def start(tmp_path, **env):
     full_env.update(SECRET_KEY=secrets.token_hex(32), BIND=f"127.0.0.1:{port}", INSTANCE_NAME="guarded")
     full_env.update(env)
     log = open(tmp_path / "gunicorn.log", "w+")
-    proc = subprocess.Popen([GUNICORN, "--config", "gunicorn.conf.py"], cwd=ROOT, env=full_env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [GUNICORN, "--config", "gunicorn.conf.py"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, port, log
 
 
@@ -31,8 +37,11 @@ def output(log):
     return log.read()
 
 
-@pytest.mark.parametrize("env", [{"GUNICORN_CMD_ARGS": "--workers 3"}, {"GUNICORN_CMD_ARGS": "-k gevent"}],
-                         ids=["three-workers", "plain-gevent-worker"])
+@pytest.mark.parametrize(
+    "env",
+    [{"GUNICORN_CMD_ARGS": "--workers 3"}, {"GUNICORN_CMD_ARGS": "-k gevent"}],
+    ids=["three-workers", "plain-gevent-worker"],
+)
 def test_refuses_configurations_that_break_socketio(tmp_path, env):
     proc, _, log = start(tmp_path, **env)
     assert proc.wait(timeout=30) != 0

@@ -29,11 +29,20 @@ def test_socketio_client_version_keeps_cookies_on_upgrade():
     assert tuple(int(part) for part in version.split(".")[:2]) >= (4, 8)
 
 
-@pytest.mark.parametrize("transports,expected", [(["polling"], "polling"), (["polling", "websocket"], "websocket")],
-                         ids=["polling-only", "upgrade"])
+@pytest.mark.parametrize(
+    "transports,expected",
+    [(["polling"], "polling"), (["polling", "websocket"], "websocket")],
+    ids=["polling-only", "upgrade"],
+)
 def test_node_clients_with_credentials_stay_on_one_instance(stack, transports, expected):
-    results = run_node_clients(3, url=stack.status()["url"], withCredentials=True, transports=transports,
-                               echoes=20, waitForUpgrade=expected == "websocket")
+    results = run_node_clients(
+        3,
+        url=stack.status()["url"],
+        withCredentials=True,
+        transports=transports,
+        echoes=20,
+        waitForUpgrade=expected == "websocket",
+    )
     for result in results:
         assert result["errors"] == [] and result["connected"], result
         assert result["echoes"] == 20

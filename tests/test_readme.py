@@ -7,12 +7,17 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 # Where settings are read: Python env look-ups and HAProxy's "${VAR}" / .if defined(VAR).
-SOURCES = ["gunicorn.conf.py", "haproxy/haproxy.cfg", "scripts/native_stack.py", *map(str, (ROOT / "realtime").glob("*.py"))]
+SOURCES = [
+    "gunicorn.conf.py",
+    "haproxy/haproxy.cfg",
+    "scripts/native_stack.py",
+    *map(str, (ROOT / "realtime").glob("*.py")),
+]
 PATTERNS = [
     r'os\.getenv\("([A-Z][A-Z0-9_]+)"',
     r'os\.environ\.get\("([A-Z][A-Z0-9_]+)"',
     r'env_(?:str|bool|number|list|secret)\(env, "([A-Z][A-Z0-9_]+)"',
-    r'\$\{([A-Z][A-Z0-9_]+)',
+    r"\$\{([A-Z][A-Z0-9_]+)",
     r"defined\(([A-Z][A-Z0-9_]+)\)",
     r'base_env\.get\("([A-Z][A-Z0-9_]+)"',
 ]
@@ -49,3 +54,29 @@ def test_the_first_lines_give_the_two_commands_and_they_exist():
     for script in ("scripts/stack", "scripts/test", ".ci/run"):
         assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_code_shown_in_the_readme_is_the_tested_code():
+    """Each line of the README's Python blocks stands in the file it comes from (comments aside)."""
+
+    def code(line):
+        return line.split("  #")[0].strip()
+
+    sources = set()
+    for path in ("examples/announcements.py", "tests/test_examples_extending.py", "realtime/events.py", "app.py"):
+        sources.update(code(line) for line in (ROOT / path).read_text().splitlines())
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks
+    for block in blocks:
+        for line in block.splitlines():
+            assert code(line) in sources, line
+
+
+def test_readme_figures_are_the_scripts_output():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "readme_figures.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
