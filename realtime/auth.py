@@ -11,6 +11,8 @@ import re
 import redis
 from flask import Blueprint, current_app, jsonify, request, session
 
+from realtime.message_queue import redis_client
+
 bp = Blueprint("auth", __name__)
 
 USER_NAME = re.compile(r"^[\w.-]{1,32}$")
@@ -22,7 +24,7 @@ class UserDirectory:
     else this process's memory (single-process development)."""
 
     def __init__(self, redis_url):
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
+        self.redis = redis_client(redis_url, socket_timeout=2) if redis_url else None
         self.local = set()
 
     def add(self, name):

@@ -65,11 +65,39 @@ def env_secret(env, name):
 
 
 def with_password(url, password):
-    """Put a password into a redis:// URL that has none (REDIS_PASSWORD / REDIS_PASSWORD_FILE)."""
+    """Put a password into a redis:// URL that has none (REDIS_PASSWORD / REDIS_PASSWORD_FILE). In a
+    redis+sentinel:// URL it is the password of the Redis master (and replicas), not of the sentinels."""
     if not url or not password or "@" in url.split("://", 1)[-1]:
         return url
     scheme, rest = url.split("://", 1)
     return f"{scheme}://:{quote(password, safe='')}@{rest}"
+
+
+SENTINEL_URL_FORM = "redis+sentinel://[:password@]host1:port1[,host2:port2...]/db/service_name"
+
+
+def check_sentinel_url(url):
+    """REDIS_URL=redis+sentinel://...: every sentinel as host:port, a numeric db, and the service name (the
+    name in the sentinels' `sentinel monitor` line). python-socketio would fall back to the channel name
+    without one, which is never what a deployment means."""
+    shown = mask_url_password(url)
+    rest = url[len("redis+sentinel://") :]
+    hosts, _, path = rest.partition("/")
+    hosts = hosts.rsplit("@", 1)[-1]
+    for host_port in hosts.split(","):
+        host, _, port = host_port.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"REDIS_URL={shown!r}: sentinel {host_port!r} must be host:port (expected {SENTINEL_URL_FORM})"
+            )
+    db, _, service = path.partition("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"REDIS_URL={shown!r}: db {db!r} must be a number (expected {SENTINEL_URL_FORM})")
+    if not db or not service or "/" in service:
+        raise ConfigError(
+            f"REDIS_URL={shown!r} needs the db and the Sentinel service name, e.g. "
+            f"redis+sentinel://sentinel1:26379,sentinel2:26379/0/mymaster (expected {SENTINEL_URL_FORM})"
+        )
 
 
 def env_list(env, name):
@@ -215,10 +243,12 @@ class Settings:
         for origin in self.cors_allowed_origins:
             if not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"CORS_ALLOWED_ORIGINS entry {origin!r} must start with http:// or https://")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+        if self.redis_url.startswith("redis+sentinel://"):
+            check_sentinel_url(self.redis_url)
+        elif self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
             raise ConfigError(
-                f"REDIS_URL={self.redis_url!r} must start with redis:// or rediss:// "
-                "(other schemes would silently select Kombu)"
+                f"REDIS_URL={mask_url_password(self.redis_url)!r} must start with redis://, rediss:// or "
+                "redis+sentinel:// (other schemes would silently select Kombu)"
             )
         self.cookie.validate()
 
@@ -232,7 +262,8 @@ class Settings:
 
 
 def mask_url_password(url):
-    """redis://:pw@host/0 -> redis://:***@host/0"""
+    """redis://:pw@host/0 -> redis://:***@host/0, redis+sentinel://:pw@s1:26379,s2:26379/0/mymaster ->
+    redis+sentinel://:***@s1:26379,s2:26379/0/mymaster"""
     if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)

@@ -18,9 +18,9 @@ import sys
 
 import click
 import redis
-import socketio
 
 from realtime.config import ConfigError, env_secret, with_password
+from realtime.message_queue import QueueManager, close_client, redis_client
 
 
 def queue_settings():
@@ -42,13 +42,14 @@ def queue_settings():
 
 def emit_event(url, channel, event, data, room=None, namespace="/"):
     """Publishes one event; returns how many processes (app instances) were subscribed to receive it."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.ping()  # python-socketio logs a publish failure and carries on: fail loudly here instead
         subscribers = client.pubsub_numsub(channel)[0][1]
     finally:
-        client.close()
-    manager = socketio.RedisManager(url, channel=channel, write_only=True)
+        close_client(client)
+    # QueueManager: its connection comes from redis_client(), so Sentinel URLs work the same way
+    manager = QueueManager(url, channel=channel, write_only=True)
     manager.emit(event, data, namespace=namespace, room=room)
     return subscribers
 

@@ -5,6 +5,8 @@ import threading
 import redis
 from flask import Blueprint, current_app, jsonify, request
 
+from realtime.message_queue import redis_client
+
 bp = Blueprint("health", __name__)
 
 # Set when the instance starts draining for shutdown: /readyz turns 503 so HAProxy sends new clients elsewhere.
@@ -17,7 +19,7 @@ def message_queue_state():
         return "none"
     client = current_app.extensions.get("redis_probe")
     if client is None:
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis_client(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         current_app.extensions["redis_probe"] = client
     try:
         client.ping()

@@ -17,6 +17,10 @@ waits for, then starts anyway: an instance never crash-loops because Redis is la
   cross-instance delivery resumes within about a second of Redis coming back, with one log line each way.
 - TCP keepalive on both connections, so a Redis that vanished without closing them is noticed.
 
+`redis_client(url, **options)` makes every Redis client of the app (queue, /readyz, sign-in, presence, emit):
+redis:// and rediss:// through redis.Redis.from_url, redis+sentinel://host:port,.../db/service through
+redis.sentinel.Sentinel(...).master_for(service), which finds the current primary again after a failover.
+
 It overrides private methods of python-socketio 5.18's RedisManager (`_redis_connect`, `_publish`,
 `_redis_listen_with_retries`); requirements.txt pins that version; re-run tests/test_faults.py when upgrading.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from urllib.parse import unquote, urlparse
 
 import redis
 import socketio
@@ -38,14 +43,69 @@ LOG_EVERY = 10.0  # while Redis is down: one summary line per this many seconds
 KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def parse_sentinel_url(url):
+    """redis+sentinel://[user:password@]host1:port1,host2:port2/db/service_name -> (sentinels, service,
+    connection kwargs). python-socketio's parser when it has one (the same reading as its RedisManager), with
+    the user name and password percent-decoded like redis-py's from_url does for redis:// URLs."""
+    try:
+        from socketio.redis_manager import parse_redis_sentinel_url
+    except ImportError:  # pragma: no cover - python-socketio < 5.13
+        parse_redis_sentinel_url = _parse_sentinel_url
+    sentinels, service, kwargs = parse_redis_sentinel_url(url)
+    for key in ("username", "password"):
+        if key in kwargs:
+            kwargs[key] = unquote(kwargs[key])
+    return sentinels, service, kwargs
+
+
+def _parse_sentinel_url(url):
+    parsed = urlparse(url)
+    sentinels = []
+    for host_port in parsed.netloc.rsplit("@", 1)[-1].split(","):
+        host, port = host_port.rsplit(":", 1)
+        sentinels.append((host, int(port)))
+    kwargs = {key: value for key in ("username", "password") if (value := getattr(parsed, key))}
+    parts = parsed.path.split("/")
+    if len(parts) >= 2 and parts[1]:
+        kwargs["db"] = int(parts[1])
+    service = parts[2] if len(parts) >= 3 and parts[2] else None
+    return sentinels, service, kwargs
+
+
 def redis_client(url, **options):
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        socket_keepalive=True,
-        socket_keepalive_options=KEEPALIVE,
-        **options,
-    )
+    """A redis-py client for REDIS_URL: redis:// and rediss:// (redis.Redis.from_url), or
+    redis+sentinel://[:password@]host1:port1,host2:port2/db/service_name (a client of the master that the
+    sentinels name for `service_name`; it asks them again after a failover). Connect timeout SOCKET_TIMEOUT and
+    TCP keepalive unless `options` say otherwise; `options` go to the Redis connections (for Sentinel: to the
+    master's, and the sentinels get the same timeouts, never the password: that is the master's)."""
+    options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT)
+    options.setdefault("socket_keepalive", True)
+    options.setdefault("socket_keepalive_options", KEEPALIVE)
+    if not url.startswith(SENTINEL_SCHEME):
+        return redis.Redis.from_url(url, **options)
+    from redis.sentinel import Sentinel
+
+    sentinels, service, connection = parse_sentinel_url(url)
+    if not service:
+        raise ValueError("a redis+sentinel:// URL needs the service name: redis+sentinel://host:port/db/service_name")
+    connection.update(options)
+    sentinel_kwargs = {key: value for key, value in options.items() if key.startswith("socket_")}
+    # a sentinel query is always bounded, also for the subscriber's connection (which has no socket_timeout)
+    sentinel_kwargs.setdefault("socket_timeout", options["socket_connect_timeout"] or SOCKET_TIMEOUT)
+    return Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **connection).master_for(service)
+
+
+def close_client(client):
+    """Closes a client from redis_client(), and for Sentinel also its connections to the sentinels."""
+    try:
+        client.close()
+    finally:
+        sentinel = getattr(client.connection_pool, "sentinel_manager", None)
+        if sentinel is not None:
+            sentinel.close()
 
 
 def describe(exc):
@@ -86,7 +146,7 @@ def wait_for_redis(url, seconds, display_url):
                 log.info("message queue %s reachable after %.1fs", display_url, time.monotonic() - started)
             return True
     finally:
-        client.close()
+        close_client(client)
 
 
 def connect(settings):
@@ -108,6 +168,7 @@ class QueueManager(socketio.RedisManager):
     def __init__(self, url, channel="flask-socketio", display_url=None, **kwargs):
         super().__init__(url, channel=channel, **kwargs)
         self.display_url = display_url or url
+        self.subscriber = None  # the client behind self.pubsub
         self.publish_down_since = None  # monotonic time of the first failed publish of an outage
         self.publish_next_try = 0.0
         self.dropped = 0
@@ -118,7 +179,7 @@ class QueueManager(socketio.RedisManager):
     def _redis_connect(self):
         """Publisher connection: bounded waits. (The subscriber has its own, see _subscribe.)"""
         if self.redis is not None:
-            self.redis.close()
+            close_client(self.redis)
         self.redis = redis_client(self.redis_url, socket_timeout=SOCKET_TIMEOUT)
         self.connected = True
 
@@ -126,10 +187,12 @@ class QueueManager(socketio.RedisManager):
         if self.pubsub is not None:
             try:
                 self.pubsub.close()
+                close_client(self.subscriber)
             except Exception:  # noqa: BLE001 - the old connection is gone anyway
                 pass
         # no socket_timeout: a subscriber is idle until someone emits
-        self.pubsub = redis_client(self.redis_url).pubsub(ignore_subscribe_messages=True)
+        self.subscriber = redis_client(self.redis_url)
+        self.pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(self.channel)
 
     # --- publishing ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ import uuid
 
 import redis
 
+from realtime.message_queue import redis_client
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 2  # seconds between an instance's heartbeats and sweeps
@@ -102,7 +104,7 @@ class RedisPresence:
     def __init__(self, url, instance, prefix="flask-socketio"):
         self.instance = instance
         self.boot = uuid.uuid4().hex[:12]
-        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        self.redis = redis_client(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
         self.prefix = f"{prefix}:presence"
         self.rooms_key = f"{self.prefix}:rooms"
         self.version_key = f"{self.prefix}:version"
