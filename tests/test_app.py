@@ -81,6 +81,21 @@ def test_echo_whoami_and_rooms_with_test_client(sio_test_client):
     assert alice.emit("leave", {"room": "r1"}, callback=True) == {"ok": True, "room": "r1"}
 
 
+def test_session_cookie_is_read_on_connect_only_and_kept_for_events(app, sio_test_client, monkeypatch):
+    http = app.test_client()
+    assert http.post("/login", json={"name": "carol"}).get_json() == {"user": "carol"}
+    interface = app.session_interface
+    opened = []  # cookie sessions actually read (the serializer is fetched for each)
+    original = type(interface).get_signing_serializer
+    monkeypatch.setattr(interface, "get_signing_serializer", lambda a: opened.append(1) or original(interface, a))
+    client = sio_test_client(flask_test_client=http)
+    assert len(opened) == 1  # connect
+    assert client.emit("join", {"room": "r2"}, callback=True) == {"ok": True, "room": "r2"}
+    assert client.emit("say", {"room": "r2", "message": "hi"}, callback=True) == {"ok": True}
+    assert [m["user"] for m in received(client, "message")] == ["carol"]  # the session that connect saw
+    assert len(opened) == 1  # later events use Flask-SocketIO's copy, without reading the cookie again
+
+
 def test_broadcast_reaches_every_client(sio_test_client):
     first, second = sio_test_client(), sio_test_client()
     first.emit("broadcast", {"n": 1}, callback=True)
