@@ -35,7 +35,7 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from native_stack import ROOT, Stack, free_port, port_is_free, wait_for  # noqa: E402
+from native_stack import ROOT, Stack, free_port, port_is_free, redis_server_argv, wait_for  # noqa: E402
 from rolling_restart import restart_instance  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -359,19 +359,7 @@ def restart_redis(stack, state):
     wait_for(lambda: port_is_free(port), 10, "the old Redis port to be free")
     pid = stack.spawn(
         "redis",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(stack.dir),
-        ],
+        redis_server_argv(port, stack.dir),
         dict(os.environ),
     )
     state["redis"]["pid"] = pid
@@ -483,19 +471,7 @@ def scenario_redis_at_start(python, wait_s=20, start_redis_after=3.0, tmp=None):
         alive_while_waiting = app.poll() is None
         ready_before = ready(app_port)
         redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp),
-            ],
+            redis_server_argv(redis_port, tmp),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -81,6 +81,23 @@ def haproxy_maxconn(ceiling=20000):
     return max(256, min(ceiling, (hard - 100) // 2))
 
 
+def redis_server_argv(port, folder):
+    """A loopback-only, non-persistent redis-server: the message queue only carries pub/sub."""
+    return [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+
+
 def wait_for(predicate, timeout, what, interval=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -210,19 +227,7 @@ class Stack:
             state["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "port": redis_port}
             state["redis"]["pid"] = self.spawn(
                 "redis",
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.dir),
-                ],
+                redis_server_argv(redis_port, self.dir),
                 dict(os.environ),
             )
         self.save(state)
