@@ -42,8 +42,9 @@ def polling_session_errors(url, sessions=6, requests_per_session=8):
     return errors
 
 
-def test_handshake_through_haproxy_sets_prefixed_io_cookie(stack):
-    url = stack.status()["url"]
+def test_handshake_through_haproxy_sets_prefixed_io_cookie(own_stack):
+    # a fresh stack: leastconn spreads handshakes evenly only while no other test's clients are connected
+    url = own_stack().status()["url"]
     seen = set()
     for _ in range(6):
         response = requests.get(url + HANDSHAKE, timeout=5)
