@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import dig  # bench/report.py, beside this file
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
@@ -500,14 +502,6 @@ KEY_METRICS = {
         "upgrade_timeouts",
     ],
 }
-
-
-def dig(obj, dotted):
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
 
 
 def medians(raw_runs):

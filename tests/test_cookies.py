@@ -162,25 +162,17 @@ def test_connection_without_sign_in_is_refused_with_clear_message(login_stack):
     assert all(count["clients"] == 0 for count in connection_counts(login_stack))  # nothing left behind
 
 
-def test_signed_in_user_connects_and_is_known_to_event_handlers(login_stack):
+def test_signed_in_user_connects_and_is_known_to_event_handlers(login_stack, clients):
     url = login_stack.status()["url"]
     name = f"ada-{uuid.uuid4().hex[:6]}"
     http = requests.Session()
     assert http.post(url + "/login", json={"name": name}, timeout=5).json() == {"user": name}
-    client = socketio.Client(http_session=http, reconnection=False)
-    messages = []
-    client.on("message", messages.append)
-    client.connect(url, transports=["polling", "websocket"], wait_timeout=5)
-    try:
-        room = uuid.uuid4().hex
-        client.call("join", {"room": room}, timeout=5)
-        client.call("say", {"room": room, "message": "hello"}, timeout=5)
-        deadline = time.monotonic() + 5
-        while not messages and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert messages and messages[0]["user"] == name
-    finally:
-        client.disconnect()
+    client = clients(url, transports=["polling", "websocket"], http_session=http)
+    room = uuid.uuid4().hex
+    client.call("join", {"room": room}, timeout=5)
+    client.call("say", {"room": room, "message": "hello"}, timeout=5)
+    assert client.wait_for("message", timeout=5)
+    assert client.events("message")[0]["user"] == name
 
 
 def test_login_rejects_bad_names(login_stack):
