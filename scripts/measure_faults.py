@@ -71,10 +71,12 @@ def ms(seconds):
 class LoadClient:
     """A python-socketio client that records connects, disconnects and every echo it makes."""
 
-    def __init__(self, url, transports=None, ssl_verify=True):
+    def __init__(self, url, transports=None, ssl_verify=True, reconnection=True):
         self.url = url
         self.transports = transports
-        self.sio = socketio.Client(reconnection_delay=0.5, reconnection_delay_max=1, ssl_verify=ssl_verify)
+        self.sio = socketio.Client(
+            reconnection=reconnection, reconnection_delay=0.5, reconnection_delay_max=1, ssl_verify=ssl_verify
+        )
         self.lock = threading.Lock()
         self.connects = []
         self.disconnects = []
@@ -654,7 +656,8 @@ def fuzz_payloads(count, seed):
 
 def flood(url, events=3000):
     """One client emits `events` echo events without waiting; returns what it got back."""
-    client = LoadClient(url, transports=["websocket"]).connect()
+    # no reconnection: once the server cuts the flooder off, `connected` stays False and says so
+    client = LoadClient(url, transports=["websocket"], reconnection=False).connect()
     acks = {"ok": 0, "limited": 0}
     lock = threading.Lock()
 
