@@ -9,13 +9,26 @@ import logging
 import os
 import secrets
 
-from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.http import dump_cookie
 
-from realtime import auth, demo, emit_cli, events, health, instrument, limits, logs, message_queue, metrics, security
+from realtime import (
+    auth,
+    demo,
+    emit_cli,
+    events,
+    health,
+    instrument,
+    limits,
+    logs,
+    message_queue,
+    metrics,
+    security,
+    websocket_speedups,
+)
 from realtime.config import Settings
 from realtime.engineio_headers import EngineIOHeaders
+from realtime.event_context import RealtimeFlask
 from realtime.session_cache import CachedSerializerSessionInterface
 
 log = logging.getLogger("app")
@@ -58,7 +71,7 @@ def create_app(settings=None):
     settings = settings or Settings.from_env()
     logs.setup(settings)  # LOG_FORMAT=text|json, every line names the instance
 
-    app = Flask(__name__)
+    app = RealtimeFlask(__name__)  # Flask, with a cheaper request context per Socket.IO event
     app.session_interface = CachedSerializerSessionInterface()  # hot path: one opening per event
     app.config.update(
         SECRET_KEY=settings.secret_key or os.urandom(32).hex(),
@@ -84,12 +97,15 @@ def create_app(settings=None):
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_http_buffer_size,
+        # a greenlet per event, so a slow handler never holds up the client's other events (ASYNC_HANDLERS)
+        async_handlers=settings.async_handlers,
         cookie=settings.cookie.engineio_option(),
     )
     app.wsgi_app = engineio_headers.wrap(app.wsgi_app)
     limits.install(socketio, settings)  # per-connection rate limit, room cap, bad packets (realtime/limits.py)
     security.install(app)  # security headers on HTTP routes (realtime/security.py)
     instrument.install(socketio, app)  # metrics and connection log lines
+    websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 

@@ -94,6 +94,9 @@ class Handler(logging.StreamHandler):
 def setup(settings, stream=None):
     """Configures the root logger once per process; later calls only update format, level and instance."""
     fmt = getattr(settings, "log_format", "text")
+    # Threads are greenlets here: LogRecord would make a threading._DummyThread for each greenlet that logs,
+    # and no format of ours shows the thread.
+    logging.logThreads = False
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, Handler)), None)
     if handler is None:

@@ -19,17 +19,19 @@ The counting itself happens in realtime/instrument.py.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from flask import Blueprint, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 bp = Blueprint("metrics", __name__)
 
@@ -39,10 +41,6 @@ disable_created_metrics()  # no *_created series: half the output, and nothing h
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAX_EMITTED_NAMES = 200  # emit() names are the app's own, but a dynamic name must not grow the label set forever
 
-EVENTS_RECEIVED = Counter("socketio_events_received", "Socket.IO events received from clients", ["namespace", "event"])
-EVENTS_EMITTED = Counter(
-    "socketio_events_emitted", "Socket.IO emit() calls made by this instance", ["namespace", "event"]
-)
 HANDSHAKE_FAILURES = Counter(
     "socketio_handshake_failures",
     "Refused Socket.IO connections and Engine.IO requests answered 400",
@@ -50,10 +48,6 @@ HANDSHAKE_FAILURES = Counter(
 )
 MESSAGE_QUEUE_ERRORS = Counter(
     "socketio_message_queue_errors", "Message queue (Redis) publishes dropped and subscriptions lost", ["operation"]
-)
-HANDLER_ERRORS = Counter("socketio_handler_errors", "Socket.IO event handlers that raised", ["namespace", "event"])
-HANDLER_SECONDS = Histogram(
-    "socketio_handler_seconds", "Socket.IO event handler latency", ["namespace", "event"], buckets=LATENCY_BUCKETS
 )
 INSTANCE_INFO = Gauge("socketio_instance_info", "This instance's name (INSTANCE_NAME)", ["name"])
 
@@ -85,8 +79,36 @@ class ConnectedClients:
 CONNECTED = ConnectedClients()
 REGISTRY.register(CONNECTED)
 
-_event_children = {}  # (namespace, event) -> (received, latency, errors); labels() costs more than a dict look-up
-_emitted_children = {}
+
+# The per-event series are plain numbers updated in place and turned into metric families at scrape time:
+# prometheus_client's own children take a lock on every update, a few percent of a worker's CPU per event.
+# One worker runs every greenlet on one thread, and an update never yields, so no lock is needed.
+class Count:
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0.0
+
+    def inc(self, amount=1):
+        self.value += amount
+
+
+class Latency:
+    """A histogram over LATENCY_BUCKETS; counts[i] holds the observations in bucket i only (not cumulative)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self):
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds):
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: a value equal to a bound is in its bucket
+        self.sum += seconds
+
+
+_event_children = {}  # (namespace, event) -> (received, latency, errors)
+_emitted_children = {}  # (namespace, event) -> emitted
 
 
 def event_metrics(namespace, event):
@@ -94,11 +116,7 @@ def event_metrics(namespace, event):
     disconnect, which are not events sent by the client."""
     children = _event_children.get((namespace, event))
     if children is None:
-        children = (
-            None if event in ("connect", "disconnect") else EVENTS_RECEIVED.labels(namespace, event),
-            HANDLER_SECONDS.labels(namespace, event),
-            HANDLER_ERRORS.labels(namespace, event),
-        )
+        children = (None if event in ("connect", "disconnect") else Count(), Latency(), Count())
         _event_children[(namespace, event)] = children
     return children
 
@@ -107,10 +125,44 @@ def emitted(namespace, event):
     child = _emitted_children.get((namespace, event))
     if child is None:
         if len(_emitted_children) >= MAX_EMITTED_NAMES:
-            child = EVENTS_EMITTED.labels(namespace, "_other")
-        else:
-            child = _emitted_children[(namespace, event)] = EVENTS_EMITTED.labels(namespace, event)
+            event = "_other"
+        child = _emitted_children.setdefault((namespace, event), Count())
     child.inc()
+
+
+class EventStats:
+    """socketio_events_received_total, socketio_events_emitted_total, socketio_handler_errors_total and
+    socketio_handler_seconds from the numbers above."""
+
+    def describe(self):
+        return list(self.collect())
+
+    def collect(self):
+        labels = ["namespace", "event"]
+        received = CounterMetricFamily(
+            "socketio_events_received", "Socket.IO events received from clients", labels=labels
+        )
+        emitted_ = CounterMetricFamily(
+            "socketio_events_emitted", "Socket.IO emit() calls made by this instance", labels=labels
+        )
+        errors = CounterMetricFamily("socketio_handler_errors", "Socket.IO event handlers that raised", labels=labels)
+        seconds = HistogramMetricFamily("socketio_handler_seconds", "Socket.IO event handler latency", labels=labels)
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        for key, (count, latency, error) in list(_event_children.items()):
+            if count is not None:
+                received.add_metric(key, count.value)
+            errors.add_metric(key, error.value)
+            cumulative, buckets = 0, []
+            for bound, n in zip(bounds, list(latency.counts), strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            seconds.add_metric(key, buckets, latency.sum)
+        for key, count in list(_emitted_children.items()):
+            emitted_.add_metric(key, count.value)
+        return [received, emitted_, errors, seconds]
+
+
+REGISTRY.register(EventStats())
 
 
 def set_instance(name):

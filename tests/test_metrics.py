@@ -175,6 +175,30 @@ def test_connected_clients_gauge_reads_engineio_sockets():
     assert {s.labels["transport"]: s.value for s in family.samples} == {"polling": 1, "websocket": 2}
 
 
+def test_lock_free_histogram_exposes_what_prometheus_client_would():
+    """metrics.Latency is exposed by EventStats; prometheus_client's Histogram is the reference (a value equal
+    to a bound falls in that bound's bucket)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    observations = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.25, 4.9, 5.0, 7.5, 0.0]
+    registry = CollectorRegistry()
+    reference = Histogram(
+        "socketio_handler_seconds", "x", ["namespace", "event"], buckets=metrics.LATENCY_BUCKETS, registry=registry
+    ).labels("/ref", "probe")
+    ours = metrics.event_metrics("/ref", "probe")[1]
+    for seconds in observations:
+        reference.observe(seconds)
+        ours.observe(seconds)
+    expected = {k: v for k, v in parse(generate_latest(registry).decode()).items() if "_created" not in k[0]}
+    exposed = {
+        k: v
+        for k, v in parse(generate_latest(metrics.REGISTRY).decode()).items()
+        if k[0].startswith("socketio_handler_seconds") and dict(k[1]).get("namespace") == "/ref"
+    }
+    assert exposed == expected
+    assert exposed[("socketio_handler_seconds_count", (("event", "probe"), ("namespace", "/ref")))] == 10
+
+
 # --- a running native stack ------------------------------------------------------------------------------
 
 

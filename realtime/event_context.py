@@ -1,0 +1,45 @@
+"""Flask-SocketIO runs every Socket.IO event inside `app.request_context(environ)`, built from the environ of
+the connection's handshake, which never changes. Flask binds a URL adapter to that environ and matches the
+URL against every route on each push: about 15% of a worker's CPU on a WebSocket echo (py-spy, bench/run
+--profile). RealtimeFlask does both once per environ and keeps the result in it; handlers see the same
+request, url_for() and request.url_rule as before. HTTP requests have an environ each, so nothing changes
+for them.
+"""
+
+from flask import Flask
+from flask.ctx import RequestContext
+
+URL_ADAPTER = "realtime.url_adapter"
+ROUTE = "realtime.route"
+
+
+class CachedRouteRequestContext(RequestContext):
+    def match_request(self):
+        environ = self.request.environ
+        route = environ.get(ROUTE)
+        if route is None or route[0] is not self.url_adapter:
+            super().match_request()
+            request = self.request
+            environ[ROUTE] = (self.url_adapter, request.url_rule, request.view_args, request.routing_exception)
+            return
+        _, rule, view_args, error = route
+        self.request.url_rule = rule
+        self.request.view_args = None if view_args is None else dict(view_args)
+        self.request.routing_exception = error
+
+
+class RealtimeFlask(Flask):
+    """Flask whose request contexts bind and match the URL once per environ (see the module's docstring)."""
+
+    def request_context(self, environ):
+        return CachedRouteRequestContext(self, environ)
+
+    def create_url_adapter(self, request):
+        # TRUSTED_HOSTS is checked per request by Flask's own method: keep it uncached
+        if request is None or self.config["TRUSTED_HOSTS"] is not None:
+            return super().create_url_adapter(request)
+        environ = request.environ
+        adapter = environ.get(URL_ADAPTER)
+        if adapter is None:
+            adapter = environ[URL_ADAPTER] = super().create_url_adapter(request)
+        return adapter

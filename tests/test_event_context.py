@@ -1,0 +1,79 @@
+"""realtime/event_context.py: Socket.IO events bind and match the URL once per connection, and handlers and
+HTTP routes see exactly what plain Flask gives them."""
+
+import pytest
+from flask import Flask, request, url_for
+from flask_socketio import SocketIO
+from werkzeug.routing import Map
+
+from realtime.event_context import RealtimeFlask
+
+
+def build(flask_class, **config):
+    app = flask_class(__name__)
+    app.config.update(SECRET_KEY="test", **config)
+
+    @app.get("/items/<int:n>")
+    def item(n):
+        return {"n": n, "view_args": request.view_args, "rule": request.url_rule.rule}
+
+    sio = SocketIO(app)
+
+    @sio.on("probe")
+    def probe(n):
+        return {
+            "url": url_for("item", n=n, _external=True),
+            "rule": request.url_rule and request.url_rule.rule,
+            "view_args": request.view_args,
+            "routing_exception": type(request.routing_exception).__name__,
+            "sid": request.sid,
+            "event": request.event["message"],
+        }
+
+    return app, sio
+
+
+def drive(flask_class, **config):
+    app, sio = build(flask_class, **config)
+    client = sio.test_client(app)
+    answers = [client.emit("probe", n, callback=True) for n in (1, 2, 3)]
+    http = [app.test_client().get(f"/items/{n}").get_json() for n in (4, 5)]
+    assert len({answer.pop("sid") for answer in answers}) == 1  # one connection
+    return answers, http
+
+
+@pytest.mark.parametrize("config", [{}, {"TRUSTED_HOSTS": ["localhost"]}, {"SERVER_NAME": "example.test"}])
+def test_handlers_and_routes_see_what_plain_flask_gives(config):
+    assert drive(RealtimeFlask, **config) == drive(Flask, **config)
+
+
+def test_handlers_build_urls_and_routes_get_their_view_args():
+    answers, http = drive(RealtimeFlask)
+    assert [a["url"] for a in answers] == [f"http://localhost/items/{n}" for n in (1, 2, 3)]
+    assert answers[0]["routing_exception"] == "NotFound"  # /socket.io/ is no Flask route
+    assert http == [{"n": n, "view_args": {"n": n}, "rule": "/items/<int:n>"} for n in (4, 5)]
+
+
+def count_binds(monkeypatch, flask_class, events):
+    binds = []
+    original = Map.bind_to_environ
+
+    def counting(self, environ, *args, **kwargs):
+        binds.append(environ.get("PATH_INFO"))
+        return original(self, environ, *args, **kwargs)
+
+    monkeypatch.setattr(Map, "bind_to_environ", counting)
+    app, sio = build(flask_class)
+    client = sio.test_client(app)
+    for n in range(events):
+        client.emit("probe", n, callback=True)
+    return len(binds)
+
+
+def test_events_bind_the_url_once_per_connection(monkeypatch):
+    assert count_binds(monkeypatch, Flask, 5) == 5  # the control: plain Flask binds on every event
+    assert count_binds(monkeypatch, RealtimeFlask, 5) == 1  # on the first, kept in the environ since
+
+
+def test_the_template_app_uses_it(app):
+    assert isinstance(app, RealtimeFlask)
