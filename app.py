@@ -19,6 +19,7 @@ from realtime import (
     events,
     health,
     instrument,
+    json_codec,
     limits,
     logs,
     message_queue,
@@ -99,6 +100,7 @@ def create_app(settings=None):
         max_http_buffer_size=settings.max_http_buffer_size,
         # a greenlet per event, so a slow handler never holds up the client's other events (ASYNC_HANDLERS)
         async_handlers=settings.async_handlers,
+        json=json_codec,  # orjson, falling back to json where the two would differ (realtime/json_codec.py)
         cookie=settings.cookie.engineio_option(),
     )
     app.wsgi_app = engineio_headers.wrap(app.wsgi_app)

@@ -5,13 +5,15 @@ address, and gunicorn spreads one address's connections over its workers without
 Run more instances (docker compose replicas, or scripts/stack's APP_REPLICAS) to use more cores.
 """
 
+import importlib.util
 import json
 import os
 import sys
 
-# gevent-websocket's worker: python-engineio uses gevent-websocket whenever it is installed, and then
-# plain `-k gevent` fails every WebSocket request.
-WEBSOCKET_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# python-engineio uses gevent-websocket whenever it is installed (plain `-k gevent` then fails every WebSocket
+# request), else simple-websocket under plain `-k gevent`. find_spec: nothing imported in the master.
+GEVENT_WEBSOCKET = importlib.util.find_spec("geventwebsocket") is not None
+WEBSOCKET_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker" if GEVENT_WEBSOCKET else "gevent"
 
 host = os.getenv("HOST", "0.0.0.0")
 port = os.getenv("PORT", "8000")
@@ -27,7 +29,8 @@ timeout = int(os.getenv("TIMEOUT", "60"))
 graceful_timeout = int(os.getenv("GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.getenv("KEEP_ALIVE", "75"))
 loglevel = os.getenv("LOG_LEVEL", "info").lower()
-accesslog = os.getenv("ACCESS_LOG", "-") or None
+# Off by default: HAProxy logs every request already (option httplog), and a line per poll costs ~15% CPU.
+accesslog = os.getenv("ACCESS_LOG", "") or None
 errorlog = os.getenv("ERROR_LOG", "-")
 # HAProxy's address is the peer; the client's is in X-Forwarded-For.
 access_log_format = os.getenv(
@@ -56,7 +59,8 @@ def on_starting(server):
     if cfg.worker_class_str != WEBSOCKET_WORKER:
         sys.exit(
             f"gunicorn.conf.py: refusing worker class {cfg.worker_class_str!r}: with gevent-websocket "
-            f"installed, WebSockets only work under {WEBSOCKET_WORKER}."
+            f"{'installed' if GEVENT_WEBSOCKET else 'not installed (simple-websocket)'}, WebSockets only work "
+            f"under {WEBSOCKET_WORKER}."
         )
     if cfg.max_requests:
         sys.exit("gunicorn.conf.py: refusing max_requests: restarting the only worker drops every client.")

@@ -118,14 +118,19 @@ def install(worker):
             spread,
         )
     state = {"started": False}
-    servers = []  # gunicorn's pywsgi servers, made in worker.run() after this hook: record them
+    servers = []  # gunicorn's gevent servers, made in worker.run() after this hook: record them
+    # plain `-k gevent` (simple-websocket, no gevent-websocket) has no server_class: it makes StreamServers
+    from gunicorn.workers import ggevent
 
-    class RecordedServer(worker.server_class):
+    class RecordedServer(worker.server_class or ggevent.StreamServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             servers.append(self)
 
-    worker.server_class = RecordedServer
+    if worker.server_class is None:
+        ggevent.StreamServer = RecordedServer
+    else:
+        worker.server_class = RecordedServer
 
     def on_sigterm(signum, frame):
         if state["started"]:

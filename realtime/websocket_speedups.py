@@ -11,7 +11,7 @@ each giving the same bytes as the original (tests/test_websocket_speedups.py):
 try:
     from geventwebsocket import websocket as gws
     from wsaccel.xormask import XorMaskerSimple
-except ImportError:  # the simple-websocket variant (bench/requirements-simplews.txt): nothing to speed up
+except ImportError:  # the simple-websocket variant (bench/run template_simplews): nothing to speed up
     gws = None
 
 

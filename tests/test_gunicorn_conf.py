@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import websocket
 from native_stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,25 @@ def output(log):
     return log.read()
 
 
+def wait_healthy(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.2)
+
+
+def without_gevent_websocket(tmp_path):
+    """PYTHONPATH whose sitecustomize blocks `import geventwebsocket`: the simple-websocket variant (the
+    template's requirements.txt minus gevent-websocket) in the template's own venv."""
+    folder = tmp_path / "no-gevent-websocket"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text("import sys\n\nsys.modules['geventwebsocket'] = None\n")
+    return str(folder)
+
+
 @pytest.mark.parametrize(
     "env",
     [{"GUNICORN_CMD_ARGS": "--workers 3"}, {"GUNICORN_CMD_ARGS": "-k gevent"}],
@@ -51,13 +71,7 @@ def test_refuses_configurations_that_break_socketio(tmp_path, env):
 def test_web_concurrency_cannot_raise_workers(tmp_path):
     proc, port, log = start(tmp_path, WEB_CONCURRENCY="4")
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
+        wait_healthy(port)
         text = output(log)
         assert '"workers": 1' in text  # the effective config printed at start
         assert text.count("Booting worker") == 1
@@ -70,3 +84,30 @@ def test_production_without_secret_key_refuses_to_boot_with_clear_message(tmp_pa
     proc, _, log = start(tmp_path, SECRET_KEY="")
     assert proc.wait(timeout=30) != 0
     assert "SECRET_KEY is missing" in output(log)
+
+
+def test_without_gevent_websocket_runs_plain_gevent_worker_and_simple_websocket(tmp_path):
+    proc, port, log = start(tmp_path, PYTHONPATH=without_gevent_websocket(tmp_path))
+    try:
+        wait_healthy(port)
+        assert '"worker_class": "gevent"' in output(log)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+        try:
+            assert ws.recv().startswith("0{")  # Engine.IO open, over simple-websocket
+            ws.send("40")
+            assert ws.recv().startswith("40")  # Socket.IO connect
+            ws.send('421["echo","hi"]')
+            assert ws.recv() == '431["hi"]'
+        finally:
+            ws.close()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_without_gevent_websocket_refuses_other_worker_classes(tmp_path):
+    proc, _, log = start(tmp_path, PYTHONPATH=without_gevent_websocket(tmp_path), GUNICORN_CMD_ARGS="-k gevent_pywsgi")
+    assert proc.wait(timeout=30) != 0
+    text = output(log)
+    assert "refusing worker class 'gevent_pywsgi'" in text
+    assert "gevent-websocket not installed (simple-websocket), WebSockets only work under gevent" in text
