@@ -29,7 +29,7 @@ timeout = int(os.getenv("TIMEOUT", "60"))
 graceful_timeout = int(os.getenv("GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.getenv("KEEP_ALIVE", "75"))
 loglevel = os.getenv("LOG_LEVEL", "info").lower()
-# Off by default: HAProxy logs every request already (option httplog), and a line per poll costs ~15% CPU.
+# Off by default: HAProxy logs every request already (option httplog), and a line per poll costs CPU.
 accesslog = os.getenv("ACCESS_LOG", "") or None
 errorlog = os.getenv("ERROR_LOG", "-")
 # HAProxy's address is the peer; the client's is in X-Forwarded-For.
@@ -90,7 +90,8 @@ def on_starting(server):
 
 def post_worker_init(worker):
     """SIGTERM drains before gunicorn stops: readiness off, then sockets closed over a spread
-    (realtime/lifecycle.py)."""
-    from realtime import lifecycle
+    (realtime/lifecycle.py); requests go to gunicorn's access log (realtime/access_log.py)."""
+    from realtime import access_log, lifecycle
 
     lifecycle.install(worker)
+    access_log.install(worker)

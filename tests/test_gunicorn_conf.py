@@ -111,3 +111,23 @@ def test_without_gevent_websocket_refuses_other_worker_classes(tmp_path):
     text = output(log)
     assert "refusing worker class 'gevent_pywsgi'" in text
     assert "gevent-websocket not installed (simple-websocket), WebSockets only work under gevent" in text
+
+
+@pytest.mark.parametrize("access_log", ["-", ""])
+def test_access_log_is_gunicorns_and_follows_access_log(tmp_path, access_log):
+    """gevent-websocket's handler logged every request itself, whatever ACCESS_LOG said
+    (realtime/access_log.py): now ACCESS_LOG=- logs in ACCESS_LOG_FORMAT, and the default logs nothing."""
+    proc, port, log = start(tmp_path, ACCESS_LOG=access_log)
+    try:
+        wait_healthy(port)
+        base = f"http://127.0.0.1:{port}"
+        requests.get(f"{base}/healthz", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5)
+        requests.get(f"{base}/socket.io/?EIO=4&transport=polling", timeout=5)
+        time.sleep(0.5)
+        text = output(log)
+        assert ('203.0.113.9 "GET /healthz HTTP/1.1" 200' in text) == (access_log == "-")
+        assert ('"GET /socket.io/?EIO=4&transport=polling HTTP/1.1" 200' in text) == (access_log == "-")
+        assert "geventwebsocket.handler" not in text
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
