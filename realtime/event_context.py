@@ -20,7 +20,10 @@ class CachedRouteRequestContext(RequestContext):
         if route is None or route[0] is not self.url_adapter:
             super().match_request()
             request = self.request
-            environ[ROUTE] = (self.url_adapter, request.url_rule, request.view_args, request.routing_exception)
+            error = request.routing_exception
+            if error is not None:  # kept for the connection's lifetime: without the frames of its tracebacks
+                error.__traceback__ = error.__context__ = None
+            environ[ROUTE] = (self.url_adapter, request.url_rule, request.view_args, error)
             return
         _, rule, view_args, error = route
         self.request.url_rule = rule

@@ -77,3 +77,18 @@ def test_events_bind_the_url_once_per_connection(monkeypatch):
 
 def test_the_template_app_uses_it(app):
     assert isinstance(app, RealtimeFlask)
+
+
+def test_the_kept_route_holds_no_frames():
+    """The route is kept for the connection's lifetime: a NotFound with its traceback (and NoMatch's, as its
+    context) would keep the connect handler's frames alive, about 8 KB per connection."""
+    from realtime.event_context import ROUTE
+
+    app, sio = build(RealtimeFlask)
+    client = sio.test_client(app)
+    client.emit("probe", 1, callback=True)
+    kept = [environ[ROUTE] for environ in sio.server.environ.values() if ROUTE in environ]
+    assert kept
+    for _, _, _, error in kept:
+        assert type(error).__name__ == "NotFound"
+        assert error.__traceback__ is None and error.__context__ is None
