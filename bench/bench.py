@@ -59,13 +59,16 @@ native_stack = load_native_stack(ROOT)
 
 TEMPLATE_PYTHON = ROOT / ".venv" / "bin" / "python"
 ASGI_PYTHON = BENCH / ".venv-asgi" / "bin" / "python"
+# requirements.txt minus gevent-websocket: the same template on plain `-k gevent` + simple-websocket
+SIMPLEWS_PYTHON = BENCH / ".venv-simplews" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "main.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = resource.getpagesize() // 1024
 
 # Tunings that need no app change; `template_tuned` runs the template with them (reported as a tuning).
-TEMPLATE_TUNED_ENV = {"LOG_LEVEL": "warning", "ACCESS_LOG": ""}
-COMPARATIVE = ("connect", "echo_ws", "broadcast", "echo_polling")
+TEMPLATE_TUNED_ENV = {"LOG_LEVEL": "warning", "ASYNC_HANDLERS": "false"}
+# broadcast_ceiling last: its failing step may leave a backlog in the servers, and the stack stops after it
+COMPARATIVE = ("connect", "echo_ws", "broadcast", "echo_polling", "broadcast_ceiling")
 
 ACTIVE = []  # stacks and loadgen processes to stop on exit
 
@@ -136,10 +139,9 @@ def make_stack(system, replicas, extra_env=None):
         return load_native_stack(ALT_ROOT).Stack(
             state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON)
         )
-    if system in ("template", "template_tuned"):
-        return native_stack.Stack(
-            state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON)
-        )
+    if system in ("template", "template_tuned", "template_simplews"):
+        python = SIMPLEWS_PYTHON if system == "template_simplews" else TEMPLATE_PYTHON
+        return native_stack.Stack(state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(python))
     return reference_stack_class(native_stack)(system, state_dir=state_dir, port=port, replicas=replicas, env=env)
 
 
@@ -147,11 +149,17 @@ LOG_DIR = None  # set by main(): raw/<stamp>-logs/, where each stack's logs are 
 KEEP_LOG_BYTES = 2_000_000
 
 
+MAX_LB_NODES = 3  # HAProxy processes the capacity scenario may put in front of the same apps
+LB_MARGIN = 50  # clients kept below each HAProxy's maxconn
+
+
 class Running:
-    def __init__(self, system, replicas, extra_env=None, label=None):
+    def __init__(self, system, replicas, extra_env=None, label=None, lb_nodes=1):
         self.system = system
         self.label = label or system
         self.stack = make_stack(system, replicas, extra_env)
+        self.lb_nodes = max(1, min(MAX_LB_NODES, lb_nodes))
+        self.extra_lbs = []  # states of the HAProxy processes after the stack's own (start_lb_node)
 
     def __enter__(self):
         ACTIVE.append(self)
@@ -163,10 +171,59 @@ class Running:
             "haproxy": [self.state["haproxy"]["pid"]],
             "redis": [self.state["redis"]["pid"]],
         }
+        self.urls = [self.url]
+        for k in range(2, self.lb_nodes + 1):
+            self.urls.append(self.start_lb_node(k))
         return self
+
+    def start_lb_node(self, k, timeout=60):
+        """Another load-balancer node: an HAProxy from the same haproxy.cfg with the stack HAProxy's environment
+        (Stack.haproxy_env: same apps, cookie key, maxconn), but its own public port, stats port, runtime
+        socket and pidfile. Both route by the same `io` cookie values. Its pid is recorded before it is waited
+        for, so stop() ends it whatever happens; its master and worker count as `haproxy` in sample()."""
+        stack = self.stack
+        node = dict(
+            self.state,
+            port=native_stack.free_port(),
+            haproxy=dict(
+                self.state["haproxy"],
+                stats_port=native_stack.free_port(),
+                socket=str(stack.dir / f"haproxy{k}.sock"),
+                pidfile=str(stack.dir / f"haproxy{k}.pid"),
+                pid=None,
+                previous_pids=[],
+            ),
+        )
+        env = stack.haproxy_env(node)
+        cfg = str(stack.start_haproxy.__func__.__globals__["HAPROXY_CFG"])  # the stack's own haproxy.cfg
+        subprocess.run(["haproxy", "-c", "-q", "-f", cfg], env=env, check=True)
+        node["haproxy"]["pid"] = stack.spawn(
+            f"haproxy{k}", ["haproxy", "-W", "-f", cfg, "-p", node["haproxy"]["pidfile"]], env
+        )
+        self.extra_lbs.append(node)
+        self.leaders["haproxy"].append(node["haproxy"]["pid"])
+        stack.wait_all_up(node, timeout)
+        return f"http://127.0.0.1:{node['port']}"
+
+    def lb_conns(self):
+        """CurrConns of every HAProxy process (runtime API `show info`), in the order of self.urls."""
+        counts = []
+        for st in [self.state, *self.extra_lbs]:
+            try:
+                info = native_stack.haproxy_command(st["haproxy"]["socket"], "show info")
+                counts.append(next(int(x.split(":")[1]) for x in info.splitlines() if x.startswith("CurrConns:")))
+            except (OSError, StopIteration, ValueError):
+                counts.append(None)
+        return counts
 
     def stop(self):
         try:
+            for node in self.extra_lbs:  # before the apps, like Stack.down stops its own HAProxy first
+                try:
+                    self.stack.stop_pid(node["haproxy"]["pid"], timeout=5)
+                except Exception as exc:  # still stop the stack
+                    log(f"stopping haproxy pid {node['haproxy']['pid']}: {exc}")
+            self.extra_lbs = []
             self.stack.down()
         finally:
             self.keep_logs()
@@ -263,6 +320,8 @@ def delta(before, after, seconds):
 # --- the load generator -------------------------------------------------------------------------------------
 def run_loadgen(running, cfg, time_limit, profile=None):
     cfg = dict(cfg, url=running.url, timeLimitS=int(time_limit))
+    if len(running.urls) > 1:  # several HAProxy processes: the load generator spreads its clients over them
+        cfg["urls"] = running.urls
     proc = subprocess.Popen(
         ["node", str(LOADGEN), json.dumps(cfg)],
         stdout=subprocess.PIPE,
@@ -274,6 +333,7 @@ def run_loadgen(running, cfg, time_limit, profile=None):
     ACTIVE.append(proc)
     samples, steps, result, error = {}, [], None, None
     t_start = None
+    step_mark = None  # (time, sample) at the last "step_begin" (broadcast_ceiling): CPU per step
     spy = None
     try:
         idle = sample(running.leaders)
@@ -294,14 +354,24 @@ def run_loadgen(running, cfg, time_limit, profile=None):
                 samples["end"] = sample(running.leaders)
                 samples["machine_end"] = machine_cpu()
                 samples["seconds"] = seconds
+            elif event == "step_begin":
+                step_mark = (time.monotonic(), sample(running.leaders))
             elif event == "step":
                 s = sample(running.leaders)
-                steps.append(
-                    {
-                        **{k: v for k, v in msg.items() if k != "event"},
-                        "rss_mb": {r: round(v["rss_kb"] / 1024, 1) for r, v in s.items()},
-                    }
-                )
+                row = {
+                    **{k: v for k, v in msg.items() if k != "event"},
+                    "rss_mb": {r: round(v["rss_kb"] / 1024, 1) for r, v in s.items()},
+                }
+                if len(running.urls) > 1:  # how the clients spread over the HAProxy processes
+                    row["haproxy_conns"] = running.lb_conns()
+                if step_mark:  # over the step and its grace
+                    row["server"] = delta(step_mark[1], s, time.monotonic() - step_mark[0])
+                    if msg.get("received"):
+                        row["server_cpu_ms_per_1000"] = round(
+                            1e6 * row["server"]["total"]["cpu_s"] / msg["received"], 2
+                        )
+                    step_mark = None
+                steps.append(row)
             elif event == "result":
                 result = msg["result"]
             elif event == "error":
@@ -335,9 +405,22 @@ def run_loadgen(running, cfg, time_limit, profile=None):
             result["server_cpu_ms_per_1000"] = round(1e6 * result["server"]["total"]["cpu_s"] / done, 2)
             result["app_cpu_ms_per_1000"] = round(1e6 * result["server"]["app"]["cpu_s"] / done, 2)
     result["idle_rss_mb"] = {r: round(v["rss_kb"] / 1024, 1) for r, v in idle.items()}
+    if result.get("connected") and result.get("server") and "app" in idle:
+        # what each connection adds to the app processes (connect runs first, on a fresh stack)
+        grown_kb = result["server"]["app"]["rss_mb"] * 1024 - idle["app"]["rss_kb"]
+        result["app_rss_kb_per_conn"] = round(grown_kb / result["connected"], 1)
     if steps:
         result["steps"] = steps
     return result
+
+
+def ceiling_steps(a):
+    """--ceiling-steps as a rising list of asked deliveries/s (at most 50 steps)."""
+    steps = sorted({int(float(x)) for x in str(a.ceiling_steps).split(",") if x.strip()})
+    steps = [s for s in steps if s > 0][:50]
+    if not steps:
+        raise SystemExit("--ceiling-steps: give at least one positive rate, e.g. 20000,40000")
+    return steps
 
 
 def scenario_cfg(name, a, clients=None):
@@ -378,6 +461,24 @@ def scenario_cfg(name, a, clients=None):
             "sendRate": a.broadcast_rate,
             "durationMs": int(1000 * a.broadcast_duration),
             "graceMs": 2000,
+        }
+    if name == "broadcast_ceiling":
+        steps = ceiling_steps(a)
+        step_ms, grace_ms = int(1000 * a.ceiling_step_duration), int(1000 * a.ceiling_grace)
+        return {
+            "scenario": "broadcast_ceiling",
+            "clients": a.ceiling_clients,
+            "workers": a.workers,
+            "rate": a.ramp_rate,
+            "waitUpgrade": True,
+            "senders": a.ceiling_senders,
+            "steps": steps,  # asked deliveries/s, climbed until the first step that fails
+            "stepMs": step_ms,
+            "graceMs": grace_ms,
+            "p99LimitMs": a.ceiling_p99_ms,
+            "durationMs": step_ms * len(steps),  # --profile's window
+            # connecting + every step: the loadgen's own bound (bench/loadgen/main.js stops there)
+            "timeLimitS": int(120 + a.ceiling_clients / max(1, a.ramp_rate) + len(steps) * (step_ms + grace_ms) / 1000),
         }
     if name == "capacity":
         steps = list(range(a.capacity_step, clients, a.capacity_step)) + [clients]
@@ -443,6 +544,7 @@ KEY_METRICS = {
         "connect.p99_ms",
         "upgraded.p50_ms",
         "upgraded.p99_ms",
+        "app_rss_kb_per_conn",
         "server.total.cpu_s",
         "server.total.rss_mb",
         "server.app.rss_mb",
@@ -501,6 +603,23 @@ KEY_METRICS = {
         "connect_failed",
         "upgrade_timeouts",
     ],
+    "broadcast_ceiling": [
+        "ceiling_deliveries_per_s",  # highest step passed (0: none, below the first step)
+        "ceiling_delivered_per_s",
+        "ceiling_p99_ms",
+        "first_failed_deliveries_per_s",
+        "steps_passed",
+        "steps_tried",
+        "server_cpu_ms_per_1000",
+        "app_cpu_ms_per_1000",
+        "other_cpu_pct_of_core",
+        "server.total.cpu_pct_of_core",
+        "server.total.rss_mb",
+        "server.app.rss_mb",
+        "loadgen_cpu_pct_of_core",
+        "connect_failed",
+        "upgrade_timeouts",
+    ],
 }
 
 
@@ -522,6 +641,42 @@ def medians(raw_runs):
     return out
 
 
+def ceiling_step_medians(raw_runs):
+    """broadcast_ceiling per step: {system: [{asked, tried, passed, medians of what the tries achieved}]}."""
+    out = {}
+    for system in sorted({s for run in raw_runs for s in run.get("broadcast_ceiling", {})}):
+        by_asked = {}
+        for run in raw_runs:
+            res = run.get("broadcast_ceiling", {}).get(system, {})
+            for step in res.get("steps") or []:
+                by_asked.setdefault(step["asked_deliveries_per_s"], []).append(step)
+        rows = []
+        for asked in sorted(by_asked):
+            tries = by_asked[asked]
+            row = {
+                "asked_deliveries_per_s": asked,
+                "tried": len(tries),
+                "passed": sum(bool(s["passed"]) for s in tries),
+            }
+            for key in (
+                "delivered_fraction",
+                "delivered_per_s",
+                "sent_per_s",
+                "latency.p50_ms",
+                "latency.p99_ms",
+                "server.total.cpu_pct_of_core",
+                "server_cpu_ms_per_1000",
+                "loadgen_cpu_pct_of_core",
+            ):
+                nums = [dig(s, key) for s in tries]
+                nums = [n for n in nums if isinstance(n, (int, float))]
+                if nums:
+                    row[key] = round(statistics.median(nums), 4)
+            rows.append(row)
+        out[system] = rows
+    return out
+
+
 def ratios(med):
     out = {}
     for scenario, systems in med.items():
@@ -537,6 +692,13 @@ def ratios(med):
                     if metric != "runs" and isinstance(ref, (int, float)) and ref:
                         r[metric] = round(value / ref, 3)
                 out.setdefault(scenario, {})[f"{base}/{other}"] = r
+        if "template_simplews" in systems and "template" in systems:  # WebSocket server A/B, same app
+            simple, card = systems["template_simplews"], systems["template"]
+            out.setdefault(scenario, {})["template_simplews/template"] = {
+                metric: round(value / card[metric], 3)
+                for metric, value in simple.items()
+                if metric != "runs" and isinstance(card.get(metric), (int, float)) and card[metric]
+            }
     return out
 
 
@@ -627,6 +789,11 @@ def machine():
                     "greenlet",
                 ],
             ),
+            "simplews_packages": pip_versions(
+                SIMPLEWS_PYTHON, ["python-engineio", "simple-websocket", "wsproto", "gevent", "gunicorn"]
+            )
+            if SIMPLEWS_PYTHON.exists()
+            else {},
             "asgi_packages": pip_versions(
                 ASGI_PYTHON,
                 ["python-socketio", "python-engineio", "uvicorn", "uvloop", "httptools", "websockets", "redis"],
@@ -646,8 +813,9 @@ def parse_args(argv):
     p.add_argument(
         "--systems",
         default="template,node,asgi",
-        help="comma list of template, template_tuned (LOG_LEVEL=warning ACCESS_LOG=), template_alt "
-        "(--template-root), node, asgi",
+        help="comma list of template, template_tuned (LOG_LEVEL=warning ASYNC_HANDLERS=false), template_alt "
+        "(--template-root), template_simplews (the template on plain gevent + simple-websocket: "
+        "bench/.venv-simplews, no gevent-websocket), node, asgi",
     )
     p.add_argument(
         "--template-ref",
@@ -659,7 +827,7 @@ def parse_args(argv):
         help="another checkout of the template (e.g. a git worktree with a proposed "
         "change), run with the template's venv as system template_alt",
     )
-    p.add_argument("--scenarios", default="connect,echo_ws,broadcast,echo_polling,capacity,scaling")
+    p.add_argument("--scenarios", default="connect,echo_ws,broadcast,echo_polling,broadcast_ceiling,capacity,scaling")
     p.add_argument("--replicas", type=int, default=2, help="server processes per system in the comparisons")
     p.add_argument("--workers", type=int, default=2, help="load generator processes")
     p.add_argument("--ramp-rate", type=int, default=400, help="new clients per second when setting up a scenario")
@@ -671,13 +839,34 @@ def parse_args(argv):
     p.add_argument("--broadcast-senders", type=int, default=2)
     p.add_argument("--broadcast-rate", type=float, default=10, help="messages per second per sender")
     p.add_argument("--broadcast-duration", type=float, default=10)
+    p.add_argument("--ceiling-clients", type=int, default=1000, help="broadcast_ceiling: clients, connected once")
+    p.add_argument("--ceiling-senders", type=int, default=2, help="broadcast_ceiling: clients that send broadcasts")
+    p.add_argument(
+        "--ceiling-steps",
+        default="20000,30000,40000,50000,60000,80000,100000",
+        help="broadcast_ceiling: asked deliveries/s (senders x messages/s x clients), climbed until the first step "
+        "with less than 100%% delivered or p99 >= --ceiling-p99-ms",
+    )
+    p.add_argument("--ceiling-step-duration", type=float, default=6, help="broadcast_ceiling: seconds per step")
+    p.add_argument(
+        "--ceiling-grace", type=float, default=2, help="broadcast_ceiling: seconds after a step for late deliveries"
+    )
+    p.add_argument("--ceiling-p99-ms", type=float, default=100, help="broadcast_ceiling: a step passes below it")
     p.add_argument("--polling-clients", type=int, default=200)
     p.add_argument("--polling-duration", type=float, default=20)
     p.add_argument(
         "--capacity-clients",
         type=int,
         default=10000,
-        help="capped at HAProxy's maxconn - 50 (native_stack derives maxconn from ulimit -n)",
+        help="WebSocket clients; above HAProxy's maxconn - 50 (native_stack derives maxconn from ulimit -n, "
+        f"per process) a second HAProxy process is started, up to {MAX_LB_NODES}",
+    )
+    p.add_argument(
+        "--capacity-lb-nodes",
+        type=int,
+        default=0,
+        help=f"HAProxy processes in front of the capacity apps, 1 to {MAX_LB_NODES} (default 0: as many as the "
+        "clients need); the clients are spread over them",
     )
     p.add_argument("--capacity-processes", type=int, default=3)
     p.add_argument("--capacity-rate", type=int, default=500)
@@ -706,6 +895,10 @@ def parse_args(argv):
             echo_duration=2,
             broadcast_clients=100,
             broadcast_duration=2,
+            ceiling_clients=200,
+            ceiling_steps="4000,8000",
+            ceiling_step_duration=2,
+            ceiling_grace=1,
             polling_clients=50,
             polling_duration=2,
             capacity_clients=600,
@@ -765,15 +958,23 @@ def main(argv):
     out_dir = Path(a.out)
     raw_dir = out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
+    # HAProxy's maxconn follows ulimit -n, which is per process (two descriptors per proxied connection): above
+    # what one HAProxy carries, capacity puts more HAProxy processes (load-balancer nodes) before the same apps
     maxconn = native_stack.haproxy_maxconn()
-    capacity_clients = min(a.capacity_clients, maxconn - 50)
+    per_lb = max(1, maxconn - LB_MARGIN)
+    lb_nodes = a.capacity_lb_nodes or -(-a.capacity_clients // per_lb)
+    lb_nodes = max(1, min(MAX_LB_NODES, lb_nodes))
+    capacity_clients = min(a.capacity_clients, lb_nodes * per_lb)
     sizes = {k: v for k, v in vars(a).items() if k not in ("out",)}
     sizes["capacity_clients_used"] = capacity_clients
+    sizes["capacity_haproxy_processes"] = lb_nodes
+    sizes["capacity_haproxy_maxconn"] = maxconn
     doc = {"machine": machine(), "sizes": sizes, "runs": [], "capacity": [], "scaling": []}
     if capacity_clients < a.capacity_clients and "capacity" in scenarios:
         doc["notes"] = [
-            f"capacity capped at {capacity_clients} clients: HAProxy maxconn {maxconn} follows ulimit -n "
-            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} (two descriptors per proxied connection)"
+            f"capacity capped at {capacity_clients} clients: {lb_nodes} HAProxy process(es) of maxconn {maxconn} "
+            f"- {LB_MARGIN}, which follows ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} per process "
+            "(two descriptors per proxied connection)"
         ]
     global LOG_DIR
     LOG_DIR = raw_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-logs"
@@ -807,7 +1008,9 @@ def main(argv):
                                 raw_dir, max(1, cfg["durationMs"] / 1000 - 1), f"{system}-{scenario}"
                             )
                         try:
-                            res = run_loadgen(running, cfg, time_limit=300, profile=profile)
+                            res = run_loadgen(
+                                running, cfg, time_limit=max(300, cfg.get("timeLimitS", 0)), profile=profile
+                            )
                         except RuntimeError as exc:
                             log(f"  {scenario}: {exc}")
                             res = {"error": str(exc)}
@@ -833,14 +1036,23 @@ def main(argv):
             for variant in a.capacity_variants.split(";"):
                 label, env = parse_env_variant(variant)
                 log(
-                    f"capacity: template x{a.capacity_processes}, {capacity_clients} WebSocket clients, variant {label}"
+                    f"capacity: template x{a.capacity_processes} behind {lb_nodes} HAProxy process(es), "
+                    f"{capacity_clients} WebSocket clients, variant {label}"
                 )
-                with Running("template", a.capacity_processes, env, label=f"capacity-{label}") as running:
+                with Running(
+                    "template", a.capacity_processes, env, label=f"capacity-{label}", lb_nodes=lb_nodes
+                ) as running:
                     try:
                         res = run_loadgen(running, scenario_cfg("capacity", a, capacity_clients), time_limit=900)
                     except RuntimeError as exc:
                         res = {"error": str(exc)}
-                res.update(variant=label, env=env, processes=a.capacity_processes)
+                res.update(
+                    variant=label,
+                    env=env,
+                    processes=a.capacity_processes,
+                    haproxy_processes=lb_nodes,
+                    haproxy_maxconn=maxconn,
+                )
                 if "steps" in res and res["steps"]:
                     first, last = res["idle_rss_mb"]["app"], res["steps"][-1]
                     conns = last.get("connected", 0)
@@ -864,6 +1076,8 @@ def main(argv):
             shutil.rmtree(snapshot, ignore_errors=True)
     doc["medians"] = medians(doc["runs"])
     doc["ratios"] = ratios(doc["medians"])
+    if "broadcast_ceiling" in doc["medians"]:
+        doc["ceiling_steps"] = ceiling_step_medians(doc["runs"])
     doc["scaling_medians"] = scaling_medians(doc["scaling"])
     doc["elapsed_s"] = round(time.monotonic() - t_begin, 1)
     doc["machine"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
@@ -924,6 +1138,14 @@ def summary(scenario, res):
             f"delivered {100 * (res['delivered_fraction'] or 0):.1f}% of {res['expected']}, "
             f"p50 {res['latency']['p50_ms']} p99 {res['latency']['p99_ms']} ms, server CPU {srv.get('cpu_pct_of_core')}%"
         )
+    if scenario == "broadcast_ceiling":
+        tried = ", ".join(
+            f"{st['asked_deliveries_per_s']:,}/s: {100 * (st['delivered_fraction'] or 0):.1f}% p99 "
+            f"{st['latency']['p99_ms']} ms {'ok' if st['passed'] else 'FAIL'}"
+            for st in res.get("steps") or []
+        )
+        ceiling = res.get("ceiling_deliveries_per_s") or 0
+        return f"ceiling {f'{ceiling:,}/s' if ceiling else 'below the first step'} ({tried})"
     return ""
 
 

@@ -17,6 +17,7 @@ NAMES = {
     "template": "Template (Flask-SocketIO, gevent)",
     "template_tuned": "Template, tuned",
     "template_alt": "Template, other checkout",
+    "template_simplews": "Template on plain gevent + simple-websocket",
     "node": "Node socket.io",
     "asgi": "python-socketio ASGI",
 }
@@ -24,6 +25,7 @@ SHORT = {
     "template": "Template",
     "template_tuned": "Template tuned",
     "template_alt": "Template alt",
+    "template_simplews": "Template simple-websocket",
     "node": "Node",
     "asgi": "ASGI",
 }
@@ -128,6 +130,30 @@ def rows(doc):
     )
     r.append(("Broadcast", "server CPU, % of one core", "broadcast", "server.total.cpu_pct_of_core", 0, False))
     r.append(("Broadcast", "server CPU ms per 1,000 deliveries", "broadcast", "server_cpu_ms_per_1000", 1, False))
+    if "broadcast_ceiling" in doc.get("medians", {}):  # older results files lack it
+        limit = fmt(s.get("ceiling_p99_ms", 100))
+        r.append(
+            (
+                "Broadcast ceiling",
+                f"highest deliveries/s with 100% delivered and p99 < {limit} ms "
+                f"({s.get('ceiling_clients', 0):,} clients, {s.get('ceiling_senders')} senders, rate stepped up "
+                f"every {s.get('ceiling_step_duration', 0):g} s)",
+                "broadcast_ceiling",
+                "ceiling_deliveries_per_s",
+                0,
+                True,
+            )
+        )
+        r.append(
+            (
+                "Broadcast ceiling",
+                "at that step: delivered/s achieved / p99, ms",
+                "broadcast_ceiling",
+                ("ceiling_delivered_per_s", "ceiling_p99_ms"),
+                0,
+                True,
+            )
+        )
     r.append(
         (
             "Memory",
@@ -139,6 +165,16 @@ def rows(doc):
         )
     )
     r.append(("Memory", "of which the app processes, MB", "broadcast", "server.app.rss_mb", 0, False))
+    r.append(
+        (
+            "Memory",
+            f"app RSS added per connection ({s['connect_clients']:,} clients connected on a fresh stack), KB",
+            "connect",
+            "app_rss_kb_per_conn",
+            0,
+            False,
+        )
+    )
     r.append(
         ("Load generator", "its CPU during WS echo, % of one core", "echo_ws", "loadgen_cpu_pct_of_core", 0, False)
     )
@@ -180,14 +216,33 @@ def ratio(a, b):
     return f"{a / b:.2f}x"
 
 
+def capacity_lbs(doc):
+    """' behind 2 HAProxy processes (maxconn 9950 each: ulimit -n 20000 per process)' for the sizes line."""
+    n = doc["sizes"].get("capacity_haproxy_processes")
+    if not n:
+        return ""
+    maxconn = doc["sizes"].get("capacity_haproxy_maxconn") or doc["machine"].get("haproxy_maxconn")
+    limit = (doc["machine"].get("ulimit_nofile") or [None, None])[1]
+    return (
+        f" behind {n} HAProxy process{'es' if n > 1 else ''} (maxconn {maxconn} each: ulimit -n {limit} per "
+        "process, two descriptors per proxied connection)"
+    )
+
+
 def markdown(doc):
     m = doc["machine"]
     med = doc["medians"]
     systems = [
-        s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())
+        s
+        for s in ("template", "template_tuned", "template_alt", "template_simplews", "node", "asgi")
+        if any(s in v for v in med.values())
     ]
     bases = [s for s in ("template", "template_tuned", "template_alt") if s in systems]
     refs = [s for s in ("node", "asgi") if s in systems]
+    # ratio columns: (numerator, denominator, header)
+    pairs = [(b, r, f"{SHORT[b]}/{SHORT[r]}") for b in bases for r in refs]
+    if "template_simplews" in systems and "template" in systems:  # the WebSocket server A/B
+        pairs.append(("template_simplews", "template", "simple-websocket/gevent-websocket"))
     runs = doc["sizes"]["runs"]
     out = []
     v = m["versions"]
@@ -207,12 +262,17 @@ def markdown(doc):
         f"Versions: Flask-SocketIO {tp.get('Flask-SocketIO')}, python-socketio {tp.get('python-socketio')}, "
         f"gevent {tp.get('gevent')}, gunicorn {tp.get('gunicorn')}; socket.io {np_.get('socket.io')} + "
         f"@socket.io/redis-adapter {np_.get('@socket.io/redis-adapter')}; uvicorn {ap.get('uvicorn')} + "
-        f"uvloop {ap.get('uvloop')}; client socket.io-client {np_.get('socket.io-client')}."
+        f"uvloop {ap.get('uvloop')}; client socket.io-client {np_.get('socket.io-client')}"
+        + (
+            f"; Template simple-websocket: simple-websocket {sp.get('simple-websocket')}, wsproto {sp.get('wsproto')} "
+            f"(no gevent-websocket, gunicorn's plain gevent worker)"
+            if (sp := v.get("simplews_packages"))
+            else ""
+        )
+        + "."
     )
     out.append("")
-    header = (
-        ["Scenario", "Measure"] + [SHORT[s] for s in systems] + [f"{SHORT[b]}/{SHORT[r]}" for b in bases for r in refs]
-    )
+    header = ["Scenario", "Measure"] + [SHORT[s] for s in systems] + [h for _, _, h in pairs]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
     for scenario_label, label, scenario, metric, digits, _higher_better in rows(doc):
@@ -220,24 +280,28 @@ def markdown(doc):
             continue
         vals = {s: value_of(med[scenario].get(s), metric) for s in systems}
         cells = [scenario_label, label] + [cell(vals[s], digits) for s in systems]
+        if metric == "ceiling_deliveries_per_s":  # no step passed
+            cells[2:] = [f"{c} (below the first step)" if vals[s] == 0 else c for c, s in zip(cells[2:], systems)]
         if scenario_label in ("Load generator", "Other load"):
-            cells += ["" for b in bases for r in refs]
+            cells += ["" for _ in pairs]
         else:
-            cells += [ratio(vals[b], vals[r]) for b in bases for r in refs]
+            cells += [ratio(vals[a], vals[b]) for a, b, _ in pairs]
         out.append("| " + " | ".join(cells) + " |")
+    out += ceiling_table(doc, systems)
     if doc.get("capacity"):
         out.append("")
         out.append(
-            "| Capacity (template, WebSocket only) | processes | clients asked | alive after hold | failures | "
-            "ramp, s | app RSS per 1,000 clients, MB | all servers' RSS per 1,000 clients, MB |"
+            "| Capacity (template, WebSocket only) | processes | HAProxy processes | clients asked | alive after hold | "
+            "failures | ramp, s | app RSS per 1,000 clients, MB | all servers' RSS per 1,000 clients, MB |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in doc["capacity"]:
+            lbs = c.get("haproxy_processes", 1)  # results from before there could be several
             if "error" in c:
-                out.append(f"| {c['variant']} | {c['processes']} | – | error | – | – | – | – |")
+                out.append(f"| {c['variant']} | {c['processes']} | {lbs} | – | error | – | – | – | – |")
                 continue
             out.append(
-                f"| {c['variant']} | {c['processes']} | {c['clients']:,} | {c.get('alive_after_hold', 0):,} | "
+                f"| {c['variant']} | {c['processes']} | {lbs} | {c['clients']:,} | {c.get('alive_after_hold', 0):,} | "
                 f"{c.get('failures', 0):,} | {fmt(c.get('ramp_s'), 1)} | {fmt(c.get('app_rss_mb_per_1000_conns'), 1)} | "
                 f"{fmt(c.get('total_rss_mb_per_1000_conns'), 1)} |"
             )
@@ -263,12 +327,48 @@ def markdown(doc):
         f"clients x {s['echo_duration']:g} s; broadcast {s['broadcast_clients']} clients, {s['broadcast_senders']} "
         f"senders x {s['broadcast_rate']:g}/s for {s['broadcast_duration']:g} s; polling echo {s['polling_clients']} "
         f"clients x {s['polling_duration']:g} s; capacity {s.get('capacity_clients_used')} clients on "
-        f"{s['capacity_processes']} processes, held {s['capacity_hold']:g} s; cost growth {s['scaling_processes']} "
-        f"processes x {s['scaling_duration']:g} s; runs {runs}" + (" (quick)" if s.get("quick") else "") + "."
+        f"{s['capacity_processes']} processes{capacity_lbs(doc)}, held {s['capacity_hold']:g} s; cost growth "
+        f"{s['scaling_processes']} processes x {s['scaling_duration']:g} s; runs {runs}"
+        + (" (quick)" if s.get("quick") else "")
+        + "."
     )
+    if "broadcast_ceiling" in med:
+        out[-1] = out[-1][:-1] + (
+            f"; broadcast ceiling {s['ceiling_clients']} clients, {s['ceiling_senders']} senders, steps "
+            f"{s['ceiling_steps']} deliveries/s, {s['ceiling_step_duration']:g} s each + "
+            f"{s['ceiling_grace']:g} s grace, stopped at the first step below 100% delivered or with p99 >= "
+            f"{s['ceiling_p99_ms']:g} ms."
+        )
     for note in doc.get("notes", []):
         out.append(f"Note: {note}.")
     return "\n".join(out) + "\n"
+
+
+def ceiling_table(doc, systems):
+    """broadcast_ceiling step by step: median delivered % and p99 of the runs that reached each step."""
+    steps = doc.get("ceiling_steps") or {}
+    systems = [s for s in systems if steps.get(s)]
+    if not systems:
+        return []
+    asked = sorted({row["asked_deliveries_per_s"] for s in systems for row in steps[s]})
+    out = [
+        "",
+        "| Broadcast ceiling, asked deliveries/s | " + " | ".join(f"{a:,}" for a in asked) + " |",
+        "|---|" + "---:|" * len(asked),
+    ]
+    for s in systems:
+        by = {row["asked_deliveries_per_s"]: row for row in steps[s]}
+        cells = []
+        for a in asked:
+            row = by.get(a)
+            if row is None:
+                cells.append("not tried")
+                continue
+            frac, p99 = row.get("delivered_fraction"), row.get("latency.p99_ms")
+            text = f"{fmt(100 * frac if frac is not None else None, 1)}%, p99 {fmt(p99)} ms"
+            cells.append(text + ("" if row["passed"] == row["tried"] else f" ({row['passed']}/{row['tried']} passed)"))
+        out.append(f"| {SHORT[s]}: delivered, p99 | " + " | ".join(cells) + " |")
+    return out
 
 
 def plot(doc, path):
@@ -279,12 +379,15 @@ def plot(doc, path):
 
     med = doc["medians"]
     systems = [
-        s for s in ("template", "template_tuned", "template_alt", "node", "asgi") if any(s in v for v in med.values())
+        s
+        for s in ("template", "template_tuned", "template_alt", "template_simplews", "node", "asgi")
+        if any(s in v for v in med.values())
     ]
     colors = {
         "template": "#d62728",
         "template_tuned": "#ff9896",
         "template_alt": "#ff7f0e",
+        "template_simplews": "#9467bd",
         "node": "#2ca02c",
         "asgi": "#1f77b4",
     }
@@ -340,7 +443,7 @@ def plot(doc, path):
                 [0] + [st["connected"] for st in steps],
                 [idle] + [st["rss_mb"]["app"] for st in steps],
                 "o-",
-                label=f"template x{c['processes']}: {c['variant']}",
+                label=f"template x{c['processes']}, {c.get('haproxy_processes', 1)} HAProxy: {c['variant']}",
             )
     ax.set_xlabel("connected WebSocket clients")
     ax.set_ylabel("app processes' RSS, MB")

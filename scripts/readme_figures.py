@@ -60,6 +60,15 @@ def capacity_note():
         f"| Redis CPU while {replicas} instances deliver {fan['delivered_per_s']:,.0f} broadcasts/s | "
         f"{fan['server.redis.cpu_pct_of_core']:.1f}% of one core |",
     ]
+    ceiling = med.get("broadcast_ceiling", {}).get("template", {})  # results files before it lack it
+    if "ceiling_deliveries_per_s" in ceiling:
+        value = ceiling["ceiling_deliveries_per_s"]
+        lines.append(
+            f"| broadcast ceiling on {replicas} instances: highest deliveries/s with 100% delivered and p99 < "
+            f"{doc['sizes'].get('ceiling_p99_ms', 100):g} ms | "
+            + (f"{value:,.0f}/s asked" if value else "below the first step asked")
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -3,6 +3,8 @@
 //   {"event":"ready"|"start"|"end"|"step"|"result"|"error", ...}
 // bench/bench.py samples the servers' CPU and memory when it reads "start", "end" and "step".
 //   node bench/loadgen/main.js '{"scenario":"echo","url":"http://127.0.0.1:8080","clients":200,...}'
+// With "urls": [...] (several HAProxy processes in front of the same apps) the clients are spread over them
+// (worker.js: each new client takes the next URL); "url" is used otherwise.
 "use strict";
 
 const { fork } = require("node:child_process");
@@ -87,6 +89,7 @@ async function main() {
   await all((i) => ({ cmd: "init", cfg, index: i, share: sizes[i], senders: senderShares[i] }), "init");
   const rate = (cfg.rate || 0) / nWorkers;
   const result = { scenario: cfg.scenario, clients: cfg.clients, workers: nWorkers };
+  if (cfg.urls && cfg.urls.length) result.load_balancer_urls = cfg.urls.length;
   let loadgenCpu = 0;
 
   if (cfg.scenario === "capacity") {
@@ -158,6 +161,10 @@ async function main() {
         result.delivered_per_s = result.received / (durationMs / 1000);
         result.latency = latencyStats(done.map((d) => d.latencies));
         result.after = connState(done);
+      } else if (cfg.scenario === "broadcast_ceiling") {
+        const ceiling = await broadcastCeiling(result.connected);
+        loadgenCpu += ceiling.cpuS;
+        Object.assign(result, ceiling.res);
       } else {
         fail(`unknown scenario ${cfg.scenario}`);
       }
@@ -169,6 +176,75 @@ async function main() {
   for (const c of children) c.send({ cmd: "close" });
   await new Promise((r) => setTimeout(r, 500));
   process.exit(0);
+}
+
+// broadcast_ceiling: the clients stay connected while the asked delivery rate steps up (cfg.steps, deliveries/s,
+// i.e. senders x messages/s x clients). A step passes when every delivery arrived within its grace (the
+// broadcast scenario's accounting: sent x connected clients) and p99 < cfg.p99LimitMs; the first step that fails
+// ends the climb. At most 50 steps, each stepMs + graceMs long.
+async function broadcastCeiling(connected) {
+  const stepMs = cfg.stepMs || 6000;
+  const graceMs = cfg.graceMs ?? 2000;
+  const limit = cfg.p99LimitMs ?? 100;
+  const senders = cfg.senders || 2;
+  const steps = (cfg.steps || []).slice(0, 50);
+  const res = { steps: [], p99_limit_ms: limit, step_s: stepMs / 1000, grace_s: graceMs / 1000, steps_asked: steps };
+  res.ceiling_deliveries_per_s = 0; // below the first step until one passes
+  res.ceiling_delivered_per_s = null;
+  res.ceiling_p99_ms = null;
+  res.first_failed_deliveries_per_s = null;
+  let cpu = 0;
+  let received = 0;
+  let sent = 0;
+  for (let k = 0; k < steps.length; k++) {
+    const asked = steps[k];
+    const perSender = asked / (senders * cfg.clients); // messages/s for each sender
+    out({ event: "step_begin", asked_deliveries_per_s: asked });
+    const done = await all(() => ({ cmd: "broadcast", durationMs: stepMs, graceMs, rate: perSender, stepId: k + 1 }), "done");
+    cpu += sum(done, "cpuS");
+    const step = { asked_deliveries_per_s: asked, per_sender_per_s: perSender };
+    step.planned = senders * Math.ceil((stepMs / 1000) * perSender);
+    step.sent = sum(done, "sent");
+    step.sent_per_s = step.sent / (Math.max(...done.map((d) => d.sentMs)) / 1000);
+    step.send_errors = sum(done, "sendErrors");
+    step.received = sum(done, "received");
+    step.stale = sum(done, "stale");
+    step.expected = step.sent * connected;
+    step.delivered_fraction = step.expected ? step.received / step.expected : null;
+    step.delivered_per_s = step.received / (stepMs / 1000);
+    step.latency = latencyStats(done.map((d) => d.latencies));
+    step.loadgen_cpu_pct_of_core = (100 * sum(done, "cpuS")) / (Math.max(...done.map((d) => d.elapsedMs)) / 1000); // workers only, step + grace
+    Object.assign(step, connState(done));
+    step.passed =
+      connected === cfg.clients &&
+      step.sent >= step.planned &&
+      step.expected > 0 &&
+      step.received >= step.expected &&
+      step.latency.p99_ms !== null &&
+      step.latency.p99_ms < limit;
+    received += step.received;
+    sent += step.sent;
+    res.steps.push(step);
+    out({ event: "step", ...step });
+    if (!step.passed) {
+      res.first_failed_deliveries_per_s = asked;
+      break;
+    }
+    res.ceiling_deliveries_per_s = asked;
+    res.ceiling_delivered_per_s = step.delivered_per_s;
+    res.ceiling_p99_ms = step.latency.p99_ms;
+  }
+  out({ event: "end" });
+  res.steps_passed = res.steps.filter((s) => s.passed).length;
+  res.steps_tried = res.steps.length;
+  res.received = received;
+  res.sent = sent;
+  const last = res.steps[res.steps.length - 1];
+  if (last) {
+    res.after = {};
+    for (const key of ["connected", "websocket", "connect_failed", "disconnects", "upgrade_timeouts"]) res.after[key] = last[key];
+  }
+  return { res, cpuS: cpu };
 }
 
 let closing = false;

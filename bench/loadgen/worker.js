@@ -17,6 +17,7 @@ let disconnects = 0;
 const connectTimes = [];
 const upgradeTimes = [];
 const upgradeFailed = { n: 0 };
+let opened = 0; // clients this worker has started, for spreading them over cfg.urls
 
 function send(msg) {
   if (process.connected) process.send(msg);
@@ -49,10 +50,20 @@ function options() {
   return opts;
 }
 
+// cfg.urls (several HAProxy processes in front of the same apps, capacity): each new client takes the next one,
+// starting at this worker's index, so every load balancer gets an even share whatever the worker count.
+// Otherwise cfg.url, as every other scenario.
+function nextUrl() {
+  const urls = cfg.urls && cfg.urls.length ? cfg.urls : [cfg.url];
+  const url = urls[(index + opened) % urls.length];
+  opened += 1;
+  return url;
+}
+
 function connectOne() {
   return new Promise((resolve) => {
     const started = now();
-    const socket = io(cfg.url, options());
+    const socket = io(nextUrl(), options());
     let settled = false;
     const finish = (ok) => {
       if (settled) return;
@@ -142,16 +153,25 @@ async function runEcho(durationMs) {
   return { acks, errors, elapsedMs: now() - t0, latencies: lat.values, latencySeen: lat.seen, cpuS: cpuSince(cpu0) };
 }
 
-async function runBroadcast(durationMs, graceMs) {
+// `rate` and `stepId` are given by broadcast_ceiling only: `rate` messages/s per sender on a fixed schedule
+// that catches up when a timer fires late (so the asked rate is really sent), and every message carries
+// the step id `k`, so a step counts only its own deliveries (a later one from an earlier step is `stale`).
+// Without them (the broadcast scenario) it behaves as before: cfg.sendRate on setInterval.
+async function runBroadcast(durationMs, graceMs, rate, stepId) {
   const lat = new Samples();
   let received = 0;
   let late = 0;
+  let stale = 0;
   let sent = 0;
   let sendErrors = 0;
   const handlers = [];
   for (const socket of sockets) {
     const h = (msg) => {
       if (msg && typeof msg.t === "number") {
+        if (stepId !== undefined && msg.k !== stepId) {
+          stale += 1;
+          return;
+        }
         received += 1;
         lat.add(now() - msg.t);
       } else late += 1;
@@ -162,11 +182,30 @@ async function runBroadcast(durationMs, graceMs) {
   const cpu0 = process.cpuUsage();
   const t0 = now();
   const timers = [];
-  const perSecond = cfg.sendRate || 10;
+  const perSecond = rate || cfg.sendRate || 10;
+  const pumps = [];
   for (let s = 0; s < senders && s < sockets.length; s++) {
     const socket = sockets[s];
     let seq = 0;
     const maxMessages = Math.ceil((durationMs / 1000) * perSecond);
+    if (rate) {
+      const period = 1000 / perSecond;
+      const pump = () => {
+        // every message due by now, at most maxMessages in all
+        const due = Math.min(maxMessages, Math.floor((now() - t0) / period) + 1);
+        while (seq < due) {
+          seq += 1;
+          sent += 1;
+          socket.timeout(10000).emit("broadcast", { t: now(), w: index, s, seq, k: stepId }, (err) => {
+            if (err) sendErrors += 1;
+          });
+        }
+      };
+      pump();
+      pumps.push(pump);
+      timers.push(setInterval(pump, period));
+      continue;
+    }
     const timer = setInterval(() => {
       if (seq >= maxMessages || now() - t0 >= durationMs) return;
       seq += 1;
@@ -179,9 +218,11 @@ async function runBroadcast(durationMs, graceMs) {
   }
   await new Promise((r) => setTimeout(r, durationMs));
   timers.forEach(clearInterval);
+  pumps.forEach((pump) => pump()); // the messages that fell due just before the end (all of them are due by now)
+  const sentMs = now() - t0;
   await new Promise((r) => setTimeout(r, graceMs));
   for (const [socket, h] of handlers) socket.off("broadcast", h);
-  return { received, sent, sendErrors, late, elapsedMs: now() - t0, latencies: lat.values, latencySeen: lat.seen, cpuS: cpuSince(cpu0) };
+  return { received, sent, sendErrors, late, stale, sentMs, elapsedMs: now() - t0, latencies: lat.values, latencySeen: lat.seen, cpuS: cpuSince(cpu0) };
 }
 
 // One echo from every client: how many are really alive (capacity's final check).
@@ -248,7 +289,7 @@ process.on("message", async (msg) => {
     } else if (msg.cmd === "echo") {
       send({ ev: "done", ...(await runEcho(msg.durationMs)), ...snapshot() });
     } else if (msg.cmd === "broadcast") {
-      send({ ev: "done", ...(await runBroadcast(msg.durationMs, msg.graceMs)), ...snapshot() });
+      send({ ev: "done", ...(await runBroadcast(msg.durationMs, msg.graceMs, msg.rate, msg.stepId)), ...snapshot() });
     } else if (msg.cmd === "whoami") {
       send({ ev: "whoami", counts: await whoamiCounts() });
     } else if (msg.cmd === "hold") {
