@@ -34,6 +34,8 @@ from socketio import packet as sio_packet
 log = logging.getLogger("realtime.limits")
 
 WINDOW = 10.0  # seconds: flood counting window, and log throttling
+YIELD_EVERY = 50  # refused packets between two yields to the other greenlets
+CLOSE_GRACE = 2.0  # seconds a disconnected client has to close by itself before the server closes
 # type digit, optional "<attachments>-", optional "/namespace,", optional ack id
 HEADER = re.compile(r"^(\d)(?:\d+-)?(/[^,]*,)?(\d+)?")
 
@@ -123,6 +125,9 @@ class PacketGuard:
         if now - conn.window_start > WINDOW:
             conn.window_start, conn.refused = now, 0
         conn.refused += 1
+        if conn.refused % YIELD_EVERY == 0:
+            # a flood read from one buffer never yields: let the writer send the refusals, and others run
+            self.server.sleep(0)
         limit = self.settings.event_flood_disconnect
         if limit and conn.refused > limit:
             log.warning(
@@ -180,11 +185,17 @@ class PacketGuard:
             if self.server.manager.sid_from_eio_sid(eio_sid, namespace):
                 self.send(eio_sid, sio_packet.EVENT, ["error", {"error": f"disconnected: {reason}"}], namespace)
                 self.send(eio_sid, sio_packet.DISCONNECT, None, namespace)
+        # The client closes on DISCONNECT. Closing here at once, with its flood still unread, would reset the
+        # connection (TCP RST) and lose what was queued for it: its packets are dropped (closing) until then.
+        self.server.start_background_task(self.close_later, eio_sid)
+        return None
+
+    def close_later(self, eio_sid):
+        self.server.sleep(CLOSE_GRACE)
         sock = self.server.eio.sockets.get(eio_sid)
-        if sock is not None:
+        if sock is not None and not sock.closed:
             # not eio.disconnect(): it waits until the client has read its queue, which a flooder may never do
             sock.close(wait=False)
-        return None
 
 
 class RoomCap:
