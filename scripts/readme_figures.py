@@ -72,7 +72,125 @@ def capacity_note():
     return "\n".join(lines)
 
 
-SECTIONS = {"faults": fault_table, "bench": bench_tables, "capacity": capacity_note}
+def load(name):
+    return json.loads((ROOT / "bench" / "results" / name).read_text())
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(value):
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def goals_table():
+    """The performance goals (issue #5) against the latest benchmark: each line says met or not met."""
+    doc = load("latest.json")
+    med = doc["medians"]
+
+    def get(scenario, system, key):
+        return med.get(scenario, {}).get(system, {}).get(key)
+
+    rows = []
+
+    def goal(text, measured, met):
+        rows.append(f"| {text} | {measured} | {'met' if met else '**not met**'} |")
+
+    echo = ratio(get("echo_ws", "template", "echo_per_s"), get("echo_ws", "node", "echo_per_s"))
+    goal("WebSocket echo at least 0.5x Node's throughput", f"{fmt_ratio(echo)} Node", echo is not None and echo >= 0.5)
+    poll = ratio(get("echo_polling", "template", "echo_per_s"), get("echo_polling", "asgi", "echo_per_s"))
+    goal("long-polling echo at least the ASGI server's", f"{fmt_ratio(poll)} ASGI", poll is not None and poll >= 1)
+    ours, node = (get("broadcast_ceiling", s, "ceiling_deliveries_per_s") for s in ("template", "node"))
+    if ours is not None and node is not None:
+        goal(
+            "broadcast ceiling (100% delivered, p99 < 100 ms, rate stepped up) at least Node's",
+            f"{ours:,.0f}/s vs Node {node:,.0f}/s",
+            ours >= node,
+        )
+    shipped = next((c for c in doc.get("capacity", []) if c["variant"] == "shipped"), None)
+    if shipped:
+        goal(
+            "10,000 WebSocket clients on 3 processes, zero failures",
+            f"{shipped['alive_after_hold']:,} of {shipped['clients']:,} alive on {shipped['processes']} processes, "
+            f"{shipped['failures']:,} failures",
+            shipped["clients"] >= 10_000
+            and shipped["processes"] <= 3
+            and shipped["failures"] == 0
+            and shipped["alive_after_hold"] == shipped["clients"],
+        )
+    per_conn = ratio(get("connect", "template", "app_rss_kb_per_conn"), get("connect", "node", "app_rss_kb_per_conn"))
+    if per_conn is not None:
+        goal(
+            "server memory per connection no more than Node's",
+            f"{get('connect', 'template', 'app_rss_kb_per_conn'):.0f} KB vs Node "
+            f"{get('connect', 'node', 'app_rss_kb_per_conn'):.0f} KB ({fmt_ratio(per_conn)})",
+            per_conn <= 1,
+        )
+    lines = [
+        f"From `bench/results/latest.json` ({doc['machine']['date'][:10]}, template {doc['machine']['template_git']}):",
+        "",
+        "| goal | measured | |",
+        "| --- | --- | --- |",
+        *rows,
+    ]
+    simplews = med.get("echo_ws", {}).get("template_simplews")
+    if simplews:
+        echo_sw = ratio(simplews.get("echo_per_s"), get("echo_ws", "template", "echo_per_s"))
+        cpu_sw = ratio(simplews.get("server_cpu_ms_per_1000"), get("echo_ws", "template", "server_cpu_ms_per_1000"))
+        p99_sw = ratio(
+            get("broadcast", "template_simplews", "latency.p99_ms"), get("broadcast", "template", "latency.p99_ms")
+        )
+        mem_sw = ratio(
+            get("broadcast", "template_simplews", "server.app.rss_mb"),
+            get("broadcast", "template", "server.app.rss_mb"),
+        )
+        lines += [
+            "",
+            "gunicorn's plain `gevent` worker with simple-websocket, against the shipped gevent-websocket worker "
+            f"(simple-websocket / gevent-websocket): WebSocket echo throughput {fmt_ratio(echo_sw)}, server CPU "
+            f"per echo {fmt_ratio(cpu_sw)}, broadcast p99 {fmt_ratio(p99_sw)}, app memory with 1,000 clients "
+            f"{fmt_ratio(mem_sw)}.",
+        ]
+    return "\n".join(lines)
+
+
+def tuning_table():
+    """The template as shipped before this tuning (bench/results/before-tuning.json) and now (latest.json)."""
+    before, after = load("before-tuning.json"), load("latest.json")
+    rows = [
+        ("WS echo, echoes/s", "echo_ws", "echo_per_s", "{:,.0f}"),
+        ("WS echo, server CPU ms per 1,000 echoes", "echo_ws", "server_cpu_ms_per_1000", "{:,.0f}"),
+        ("WS echo, app CPU ms per 1,000 echoes", "echo_ws", "app_cpu_ms_per_1000", "{:,.0f}"),
+        ("polling echo, echoes/s", "echo_polling", "echo_per_s", "{:,.0f}"),
+        ("polling echo, server CPU ms per 1,000 echoes", "echo_polling", "server_cpu_ms_per_1000", "{:,.0f}"),
+        ("broadcast 20,000/s, p99 ms", "broadcast", "latency.p99_ms", "{:,.1f}"),
+        ("broadcast, server CPU ms per 1,000 deliveries", "broadcast", "server_cpu_ms_per_1000", "{:,.1f}"),
+        ("app RSS with 1,000 clients, MB", "broadcast", "server.app.rss_mb", "{:,.0f}"),
+    ]
+    lines = [
+        f"| template as shipped | before: {before['machine']['template_git'].split(' ')[0]} | "
+        f"now: {after['machine']['template_git'].split(' ')[0]} | now / before | now / Node |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, scenario, key, pattern in rows:
+        old = before["medians"].get(scenario, {}).get("template", {}).get(key)
+        new = after["medians"].get(scenario, {}).get("template", {}).get(key)
+        node = after["medians"].get(scenario, {}).get("node", {}).get(key)
+        shown = [pattern.format(v) if v is not None else "–" for v in (old, new)]
+        lines.append(
+            f"| {label} | {shown[0]} | {shown[1]} | {fmt_ratio(ratio(new, old))} | {fmt_ratio(ratio(new, node))} |"
+        )
+    return "\n".join(lines)
+
+
+SECTIONS = {
+    "faults": fault_table,
+    "bench": bench_tables,
+    "capacity": capacity_note,
+    "goals": goals_table,
+    "tuning": tuning_table,
+}
 
 
 def render(text):
