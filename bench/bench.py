@@ -194,12 +194,7 @@ class Running:
                 previous_pids=[],
             ),
         )
-        env = stack.haproxy_env(node)
-        cfg = str(stack.start_haproxy.__func__.__globals__["HAPROXY_CFG"])  # the stack's own haproxy.cfg
-        subprocess.run(["haproxy", "-c", "-q", "-f", cfg], env=env, check=True)
-        node["haproxy"]["pid"] = stack.spawn(
-            f"haproxy{k}", ["haproxy", "-W", "-f", cfg, "-p", node["haproxy"]["pidfile"]], env
-        )
+        stack.start_haproxy(node)  # the stack's own start: its haproxy.cfg checked, then run (log: haproxy.log)
         self.extra_lbs.append(node)
         self.leaders["haproxy"].append(node["haproxy"]["pid"])
         stack.wait_all_up(node, timeout)
