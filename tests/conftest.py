@@ -26,10 +26,39 @@ def stack_env(**overrides):
     return env
 
 
+RUNNING_STACKS = []  # every stack started by a fixture: their logs are shown when a test fails
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report ends with the last lines each running stack's processes logged during it."""
+    report = (yield).get_result()
+    if report.when != "call" or not report.failed:
+        return
+    started = time.time() - call.duration - 1
+    for stack in RUNNING_STACKS:
+        for log in sorted(stack.logs.glob("*.log")):
+            if log.stat().st_mtime >= started:
+                tail = log.read_text(errors="replace").splitlines()[-40:]
+                report.sections.append((f"{log} (last {len(tail)} lines)", "\n".join(tail)))
+
+
+def started(stack):
+    RUNNING_STACKS.append(stack)  # before up(): a stack that fails to start shows its logs too
+    stack.up()
+    return stack
+
+
+def stopped(stack):
+    stack.down()
+    if stack in RUNNING_STACKS:
+        RUNNING_STACKS.remove(stack)
+
+
 @pytest.fixture(scope="session")
 def make_stack(tmp_path_factory):
     """Factory: make_stack(replicas=3, message_queue=True, **env) starts a stack, stopped at session end."""
-    started = []
+    made = []
 
     def make(replicas=3, message_queue=True, **env):
         stack = Stack(
@@ -39,13 +68,12 @@ def make_stack(tmp_path_factory):
             env=stack_env(**env),
             message_queue=message_queue,
         )
-        stack.up()
-        started.append(stack)
+        made.append(started(stack))
         return stack
 
     yield make
-    for stack in started:
-        stack.down()
+    for stack in made:
+        stopped(stack)
 
 
 @pytest.fixture(scope="session")
@@ -68,12 +96,11 @@ def own_stack(tmp_path):
             message_queue=message_queue,
         )
         stacks.append(stack)
-        stack.up()
-        return stack
+        return started(stack)
 
     yield make
     for stack in stacks:
-        stack.down()
+        stopped(stack)
 
 
 class Recorder:

@@ -1,6 +1,7 @@
 """Security defaults, checked on real stacks (each with its control) and, for the compose file, statically.
 SECRET_KEY refused at process level: tests/test_gunicorn_conf.py."""
 
+import logging
 import re
 import socket
 import subprocess
@@ -184,7 +185,17 @@ def test_tls_redirects_sets_hsts_and_secure_cookie_and_clients_work(tls_stack, c
         # session.verify): hand the client a session that ignores the environment
         session = requests.Session()
         session.trust_env, session.verify = False, verify
-        client = clients(https, transports=transports, ssl_verify=verify is not False, http_session=session)
+        # the clients' own log (shown if the test fails): which request failed, and how
+        client_log = logging.getLogger(f"tls-client.{transports}.{verify is not False}")
+        client_log.setLevel(logging.INFO)
+        client = clients(
+            https,
+            transports=transports,
+            ssl_verify=verify is not False,
+            http_session=session,
+            logger=client_log,
+            engineio_logger=client_log,
+        )
         assert client.call("echo", "over tls") == "over tls"
         assert client.client.transport() == (transports or ["websocket"])[0]
         assert client.call("whoami") == client.call("whoami")  # stays on one instance: the Secure cookie works
