@@ -17,6 +17,7 @@ from realtime import (
     demo,
     emit_cli,
     events,
+    handshake_environ,
     health,
     instrument,
     json_codec,
@@ -108,6 +109,7 @@ def create_app(settings=None):
     security.install(app)  # security headers on HTTP routes (realtime/security.py)
     instrument.install(socketio, app)  # metrics and connection log lines
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
+    handshake_environ.install(socketio)  # each connection's kept environ drops its handshake's read buffer
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 
