@@ -14,10 +14,10 @@ from werkzeug.http import dump_cookie
 
 from realtime import (
     auth,
+    connection_memory,
     demo,
     emit_cli,
     events,
-    handshake_environ,
     health,
     instrument,
     json_codec,
@@ -109,7 +109,7 @@ def create_app(settings=None):
     security.install(app)  # security headers on HTTP routes (realtime/security.py)
     instrument.install(socketio, app)  # metrics and connection log lines
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
-    handshake_environ.install(socketio)  # each connection's kept environ drops its handshake's read buffer
+    connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 
