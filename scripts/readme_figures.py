@@ -181,6 +181,15 @@ def tuning_table():
         lines.append(
             f"| {label} | {shown[0]} | {shown[1]} | {fmt_ratio(ratio(new, old))} | {fmt_ratio(ratio(new, node))} |"
         )
+    node_echo = [run["medians"]["echo_ws"]["node"]["echo_per_s"] for run in (before, after)]
+    node_cpu = [run["medians"]["echo_ws"]["node"]["server_cpu_ms_per_1000"] for run in (before, after)]
+    lines += [
+        "",
+        f"Before and now are different benchmark runs ({before['machine']['date'][:10]} and "
+        f"{after['machine']['date'][:10]}) and the machine drifts between them: Node, unchanged, echoed "
+        f"{node_echo[0]:,.0f}/s then {node_echo[1]:,.0f}/s ({node_cpu[0]:,.1f} then {node_cpu[1]:,.1f} ms of server "
+        "CPU per 1,000 echoes). The last column compares within one run.",
+    ]
     return "\n".join(lines)
 
 
