@@ -16,6 +16,15 @@ README = ROOT / "README.md"
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 
+def load(name):
+    return json.loads((ROOT / "bench" / "results" / name).read_text())
+
+
+def median(doc, scenario, system, key):
+    """One median of a benchmark file, or None where that run lacks it (older files lack newer scenarios)."""
+    return doc["medians"].get(scenario, {}).get(system, {}).get(key)
+
+
 def fault_table():
     import measure_faults
 
@@ -26,13 +35,12 @@ def fault_table():
 def bench_tables():
     import report
 
-    doc = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
-    return report.markdown(doc).strip()
+    return report.markdown(load("latest.json")).strip()
 
 
 def capacity_note():
     """Per-instance figures for sizing, derived from the benchmark's template runs."""
-    doc = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    doc = load("latest.json")
     med, replicas = doc["medians"], doc["sizes"]["replicas"]
     shipped = next(c for c in doc["capacity"] if c["variant"] == "shipped")
     echo, poll, fan = med["echo_ws"]["template"], med["echo_polling"]["template"], med["broadcast"]["template"]
@@ -60,9 +68,8 @@ def capacity_note():
         f"| Redis CPU while {replicas} instances deliver {fan['delivered_per_s']:,.0f} broadcasts/s | "
         f"{fan['server.redis.cpu_pct_of_core']:.1f}% of one core |",
     ]
-    ceiling = med.get("broadcast_ceiling", {}).get("template", {})  # results files before it lack it
-    if "ceiling_deliveries_per_s" in ceiling:
-        value = ceiling["ceiling_deliveries_per_s"]
+    value = median(doc, "broadcast_ceiling", "template", "ceiling_deliveries_per_s")
+    if value is not None:
         lines.append(
             f"| broadcast ceiling on {replicas} instances: highest deliveries/s with 100% delivered and p99 < "
             f"{doc['sizes'].get('ceiling_p99_ms', 100):g} ms | "
@@ -70,10 +77,6 @@ def capacity_note():
             + " |"
         )
     return "\n".join(lines)
-
-
-def load(name):
-    return json.loads((ROOT / "bench" / "results" / name).read_text())
 
 
 def ratio(a, b):
@@ -87,10 +90,9 @@ def fmt_ratio(value):
 def goals_table():
     """The performance goals (issue #5) against the latest benchmark: each line says met or not met."""
     doc = load("latest.json")
-    med = doc["medians"]
 
     def get(scenario, system, key):
-        return med.get(scenario, {}).get(system, {}).get(key)
+        return median(doc, scenario, system, key)
 
     rows = []
 
@@ -134,10 +136,12 @@ def goals_table():
         "| --- | --- | --- |",
         *rows,
     ]
-    simplews = med.get("echo_ws", {}).get("template_simplews")
-    if simplews:
-        echo_sw = ratio(simplews.get("echo_per_s"), get("echo_ws", "template", "echo_per_s"))
-        cpu_sw = ratio(simplews.get("server_cpu_ms_per_1000"), get("echo_ws", "template", "server_cpu_ms_per_1000"))
+    if "template_simplews" in doc["medians"].get("echo_ws", {}):
+        echo_sw = ratio(get("echo_ws", "template_simplews", "echo_per_s"), get("echo_ws", "template", "echo_per_s"))
+        cpu_sw = ratio(
+            get("echo_ws", "template_simplews", "server_cpu_ms_per_1000"),
+            get("echo_ws", "template", "server_cpu_ms_per_1000"),
+        )
         p99_sw = ratio(
             get("broadcast", "template_simplews", "latency.p99_ms"), get("broadcast", "template", "latency.p99_ms")
         )
@@ -174,15 +178,14 @@ def tuning_table():
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for label, scenario, key, pattern in rows:
-        old = before["medians"].get(scenario, {}).get("template", {}).get(key)
-        new = after["medians"].get(scenario, {}).get("template", {}).get(key)
-        node = after["medians"].get(scenario, {}).get("node", {}).get(key)
+        old, new = median(before, scenario, "template", key), median(after, scenario, "template", key)
+        node = median(after, scenario, "node", key)
         shown = [pattern.format(v) if v is not None else "–" for v in (old, new)]
         lines.append(
             f"| {label} | {shown[0]} | {shown[1]} | {fmt_ratio(ratio(new, old))} | {fmt_ratio(ratio(new, node))} |"
         )
-    node_echo = [run["medians"]["echo_ws"]["node"]["echo_per_s"] for run in (before, after)]
-    node_cpu = [run["medians"]["echo_ws"]["node"]["server_cpu_ms_per_1000"] for run in (before, after)]
+    node_echo = [median(run, "echo_ws", "node", "echo_per_s") for run in (before, after)]
+    node_cpu = [median(run, "echo_ws", "node", "server_cpu_ms_per_1000") for run in (before, after)]
     lines += [
         "",
         f"Before and now are different benchmark runs ({before['machine']['date'][:10]} and "
