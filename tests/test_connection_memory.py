@@ -53,10 +53,14 @@ def test_control_without_it_the_kept_environ_holds_the_request_stream(app):
         eio.on("connect", wrapped)
 
 
-def test_events_still_see_the_handshake_request(app, sio_test_client):
-    client = sio_test_client()
-    assert client.is_connected()
-    assert client.emit("echo", "still works", callback=True) == "still works"
+def test_events_still_run_on_the_kept_environ(app):
+    """Through Engine.IO's own polling path (Flask-SocketIO's test client would skip the connect handler)."""
+    http, sid = app.test_client(), handshake(app)
+    url = f"{HANDSHAKE}&sid={sid}"
+    assert http.post(url, data="40").status_code == 200  # Socket.IO CONNECT, on the environ kept at handshake
+    assert http.get(url).data.startswith(b"40{")
+    assert http.post(url, data='421["echo","still works"]').status_code == 200
+    assert http.get(url).data == b'431["still works"]'
 
 
 def test_the_app_installs_it(app):
