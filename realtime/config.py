@@ -165,6 +165,7 @@ class Settings:
     max_http_buffer_size: int = 1_000_000
     async_handlers: bool = True  # ASYNC_HANDLERS: a greenlet per event; false = a client's events run in order
     read_buffer_size: int = 4096  # READ_BUFFER_SIZE: bytes each connection holds for reads (connection_memory.py)
+    websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: send to an idle WebSocket at once (websocket_writes.py)
     # per-connection limits (realtime/limits.py); 0 turns a limit off
     event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
     event_burst: int = 100  # EVENT_BURST: bucket size
@@ -210,6 +211,7 @@ class Settings:
             max_http_buffer_size=env_number(env, "MAX_HTTP_BUFFER_SIZE", 1_000_000, minimum=1024),
             async_handlers=env_bool(env, "ASYNC_HANDLERS", True),
             read_buffer_size=env_number(env, "READ_BUFFER_SIZE", 4096, minimum=256),
+            websocket_direct_send=env_bool(env, "WEBSOCKET_DIRECT_SEND", True),
             event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),
             event_burst=env_number(env, "EVENT_BURST", 100, minimum=1),
             event_flood_disconnect=env_number(env, "EVENT_FLOOD_DISCONNECT", 500, minimum=0),

@@ -5,8 +5,12 @@ each giving the same bytes as the original (tests/test_websocket_speedups.py):
   installed (requirements.txt), instead of a Python loop over every byte (run twice per message).
 - Header.unmask_payload XORs each client frame with its mask byte by byte in Python: wsaccel's C masker.
 - Stream.write is gevent's sendall(), which asks the kernel for SO_SNDBUF (one getsockopt syscall) on every
-  frame: one send() instead, and sendall() only for what a full socket buffer leaves over.
+  frame: one send() instead, and sendall() only for what a full socket buffer leaves over (FrameWriter, which
+  also lets realtime/websocket_writes.py send a frame without waiting).
 """
+
+import gevent
+from gevent.lock import Semaphore
 
 try:
     from geventwebsocket import websocket as gws
@@ -19,21 +23,48 @@ def mask_payload(header, payload):
     return bytearray(XorMaskerSimple(header.mask).process(bytes(payload)))
 
 
-def send_all(sock):
-    send, sendall = sock.send, sock.sendall
+class FrameWriter:
+    """One WebSocket's writes: one send() per frame, and frames whole and in order, whichever greenlet sends."""
 
-    def write(data):
-        sent = send(data)
-        if sent < len(data):
-            sendall(memoryview(data)[sent:])
+    __slots__ = ("sock", "busy")
 
-    return write
+    def __init__(self, sock):
+        self.sock = sock
+        self.busy = Semaphore()  # held while a frame is still going out
+
+    def write(self, data):
+        """gevent-websocket's raw_write (engineio's writer greenlet, close frames): waits for room, as sendall()."""
+        with self.busy:
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
+
+    def try_write(self, data):
+        """Send now without ever waiting; False if nothing went out (the caller queues the frame instead)."""
+        if self.busy.locked():
+            return False
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # timeout 0: EAGAIN raises instead of waiting
+        except OSError:  # a full buffer, or a broken connection that engineio's writer will meet and close
+            return False
+        if sent < len(data):  # the kernel took part: a greenlet writes the rest, later frames wait for it
+            self.busy.acquire()
+            gevent.spawn_raw(self.write_rest, memoryview(data)[sent:])
+        return True
+
+    def write_rest(self, rest):
+        try:
+            self.sock.sendall(rest)
+        except OSError:
+            pass  # broken connection: the next read or write fails the same way and closes it
+        finally:
+            self.busy.release()
 
 
 def stream_init(stream, handler):
     stream.handler = handler
     stream.read = handler.rfile.read
-    stream.write = send_all(handler.socket)
+    stream.write = FrameWriter(handler.socket).write
 
 
 def install():

@@ -48,7 +48,7 @@ class FakeSocket:
     def __init__(self, accepts):
         self.accepts, self.sent, self.sendall_calls = accepts, [], []
 
-    def send(self, data):
+    def send(self, data, flags=0, timeout=None):
         self.sent.append(bytes(data[: self.accepts]))
         return min(self.accepts, len(data))
 
@@ -58,11 +58,11 @@ class FakeSocket:
 
 def test_one_send_per_frame_and_sendall_only_for_the_rest():
     whole = FakeSocket(accepts=1 << 20)
-    websocket_speedups.send_all(whole)(b"frame")
+    websocket_speedups.FrameWriter(whole).write(b"frame")
     assert whole.sent == [b"frame"] and whole.sendall_calls == []
 
     full_buffer = FakeSocket(accepts=3)
-    websocket_speedups.send_all(full_buffer)(b"0123456789")
+    websocket_speedups.FrameWriter(full_buffer).write(b"0123456789")
     assert full_buffer.sent == [b"012"] and full_buffer.sendall_calls == [b"3456789"]
 
 
