@@ -136,6 +136,17 @@ def goals_table():
         "| --- | --- | --- |",
         *rows,
     ]
+    if "template_tuned" in doc["medians"].get("echo_ws", {}):
+        echo_tuned = ratio(get("echo_ws", "template_tuned", "echo_per_s"), get("echo_ws", "node", "echo_per_s"))
+        poll_tuned = ratio(
+            get("echo_polling", "template_tuned", "echo_per_s"), get("echo_polling", "asgi", "echo_per_s")
+        )
+        lines += [
+            "",
+            'Not shipped, for comparison: "Template tuned" (`ASYNC_HANDLERS=false LOG_LEVEL=warning`, see '
+            f"Configuration for what it costs): WebSocket echo {fmt_ratio(echo_tuned)} Node, long-polling echo "
+            f"{fmt_ratio(poll_tuned)} ASGI.",
+        ]
     if "template_simplews" in doc["medians"].get("echo_ws", {}):
         echo_sw = ratio(get("echo_ws", "template_simplews", "echo_per_s"), get("echo_ws", "template", "echo_per_s"))
         cpu_sw = ratio(
