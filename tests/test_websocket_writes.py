@@ -1,17 +1,21 @@
-"""realtime/websocket_writes.py: packets for an idle WebSocket go out at once, and a client that does not read
-never holds up the greenlet that emits. Real engineio Sockets and python-engineio's own WebSocket handler,
-over a real socket pair; the peer parses the frames the way a client would."""
+"""realtime/websocket_writes.py: packets for an idle WebSocket go out from the event loop's outbox, and a client
+that does not read holds up no one. Real engineio Sockets and python-engineio's own WebSocket handler over a
+real socket pair, the peer parsing frames the way a client would; then the same through a real stack."""
 
+import fcntl
 import io
+import json
 import logging
 import socket
 import struct
+import termios
 
 import engineio
 import gevent
 import gevent.queue
 import gevent.socket
 import pytest
+import websocket
 from engineio import packet
 from engineio import socket as engineio_socket
 from geventwebsocket import websocket as gws
@@ -201,3 +205,43 @@ def test_the_app_installs_it(app):
     assert engineio_socket.Socket.poll is websocket_writes.poll
     assert engineio_socket.Socket.close is websocket_writes.close
     assert Settings.websocket_direct_send is True
+
+
+def test_through_the_stack_a_client_that_stops_reading_holds_up_no_one(own_stack, clients):
+    """One instance, so both clients share its event loop. 40 broadcasts of 900 KB (36 MB) to a client that
+    reads nothing: far more than the buffers on the way hold (its own 4 KB; `ss -tm` during this test showed
+    about 4 MB queued on each of two sockets, and 0.6 MB in HAProxy's), so the instance's sends meet a full
+    buffer and the rest waits in the instance's queue for that client."""
+    stack = own_stack(replicas=1)
+    url = stack.status()["url"]
+    slow = websocket.create_connection(
+        url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket",
+        timeout=20,
+        skip_utf8_validation=True,
+        sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),),
+    )
+    try:
+        assert slow.recv().startswith("0")  # Engine.IO OPEN
+        slow.send("40")
+        assert slow.recv().startswith("40")  # Socket.IO CONNECT accepted
+        fast = clients(url, transports=["websocket"])
+        count, pad = 40, "x" * 900_000
+        for i in range(count):
+            assert fast.call("broadcast", {"i": i, "pad": pad}) == {"ok": True}
+        assert fast.wait_for("broadcast", lambda data: data["i"] == count - 1, timeout=30)
+        assert [data["i"] for data in fast.events("broadcast")] == list(range(count))
+        assert fast.call("whoami")  # and the instance still answers at once
+        waiting = struct.unpack("i", fcntl.ioctl(slow.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        assert waiting < count * len(pad) // 10  # the slow client really had not read: nearly all is upstream
+        received = []
+        while len(received) < count:  # it reads at last: every broadcast, whole and in order
+            message = slow.recv()
+            if message == "2":
+                slow.send("3")
+            elif message.startswith('42["broadcast"'):
+                event, data = json.loads(message[2:])
+                assert data["pad"] == pad
+                received.append(data["i"])
+        assert received == list(range(count))
+    finally:
+        slow.close()
