@@ -2,6 +2,9 @@
 /metrics on the public port).
 
     socketio_connected_clients{transport}        Engine.IO connections open now, polling or websocket
+    socketio_queued_packets                      packets this instance holds for clients that have not taken
+                                                 them yet (a client reading slower than it is sent to)
+    socketio_queued_packets_max                  the most held for any one client
     socketio_events_received_total{namespace,event}  events from clients (unknown names count as "_unknown")
     socketio_events_emitted_total{namespace,event}   emit() calls made by this instance (one per call, whatever
                                                     the number of recipients)
@@ -53,29 +56,42 @@ INSTANCE_INFO = Gauge("socketio_instance_info", "This instance's name (INSTANCE_
 
 
 class ConnectedClients:
-    """socketio_connected_clients, computed at scrape time from the Engine.IO server: nothing on the hot path."""
+    """socketio_connected_clients and socketio_queued_packets*, computed at scrape time from the Engine.IO
+    server: nothing on the hot path."""
 
     def __init__(self):
         self.engineio_server = None
 
     def describe(self):
-        return [GaugeMetricFamily("socketio_connected_clients", "Open Engine.IO connections by transport")]
+        return [
+            GaugeMetricFamily("socketio_connected_clients", "Open Engine.IO connections by transport"),
+            GaugeMetricFamily("socketio_queued_packets", QUEUED_HELP),
+            GaugeMetricFamily("socketio_queued_packets_max", QUEUED_MAX_HELP),
+        ]
 
     def collect(self):
         counts = {"polling": 0, "websocket": 0}
+        queued = queued_max = 0
         server = self.engineio_server
         if server is not None:
             for socket in list(server.sockets.values()):
                 if not socket.closed:
                     counts["websocket" if socket.upgraded else "polling"] += 1
+                    waiting = socket.queue.qsize()
+                    queued += waiting
+                    queued_max = max(queued_max, waiting)
         family = GaugeMetricFamily(
             "socketio_connected_clients", "Open Engine.IO connections by transport", labels=["transport"]
         )
         for transport, value in counts.items():
             family.add_metric([transport], value)
         yield family
+        yield GaugeMetricFamily("socketio_queued_packets", QUEUED_HELP, value=queued)
+        yield GaugeMetricFamily("socketio_queued_packets_max", QUEUED_MAX_HELP, value=queued_max)
 
 
+QUEUED_HELP = "Packets held in memory for clients that have not taken them yet"
+QUEUED_MAX_HELP = "The most packets held for any one client"
 CONNECTED = ConnectedClients()
 REGISTRY.register(CONNECTED)
 

@@ -1,6 +1,7 @@
 """Prometheus metrics: the hooks in process (a private Flask-SocketIO app), then a running native stack scraped
 instance by instance, and HAProxy's own exporter on its private stats port."""
 
+import queue
 import uuid
 
 import pytest
@@ -15,6 +16,8 @@ from realtime.config import Settings
 
 INSTANCE_METRICS = {  # family name: type
     "socketio_connected_clients": "gauge",
+    "socketio_queued_packets": "gauge",
+    "socketio_queued_packets_max": "gauge",
     "socketio_events_received": "counter",
     "socketio_events_emitted": "counter",
     "socketio_handshake_failures": "counter",
@@ -163,16 +166,25 @@ def test_message_queue_errors_are_counted(manager_class):
 
 def test_connected_clients_gauge_reads_engineio_sockets():
     class FakeSocket:
-        def __init__(self, upgraded, closed=False):
+        def __init__(self, upgraded, closed=False, queued=0):
             self.upgraded, self.closed = upgraded, closed
+            self.queue = queue.Queue()
+            for i in range(queued):
+                self.queue.put(i)
 
     class FakeServer:
-        sockets = {"a": FakeSocket(False), "b": FakeSocket(True), "c": FakeSocket(True), "d": FakeSocket(True, True)}
+        sockets = {
+            "a": FakeSocket(False, queued=1),
+            "b": FakeSocket(True),
+            "c": FakeSocket(True, queued=5),
+            "d": FakeSocket(True, closed=True, queued=9),
+        }
 
     collector = metrics.ConnectedClients()
     collector.engineio_server = FakeServer()
-    (family,) = collector.collect()
-    assert {s.labels["transport"]: s.value for s in family.samples} == {"polling": 1, "websocket": 2}
+    clients, queued, queued_max = collector.collect()
+    assert {s.labels["transport"]: s.value for s in clients.samples} == {"polling": 1, "websocket": 2}
+    assert queued.samples[0].value == 6 and queued_max.samples[0].value == 5  # open connections only
 
 
 def test_lock_free_histogram_exposes_what_prometheus_client_would():

@@ -9,16 +9,19 @@ import logging
 import socket
 import struct
 import termios
+import time
 
 import engineio
 import gevent
 import gevent.queue
 import gevent.socket
 import pytest
+import requests
 import websocket
 from engineio import packet
 from engineio import socket as engineio_socket
 from geventwebsocket import websocket as gws
+from prometheus_client.parser import text_string_to_metric_families
 
 from realtime import websocket_speedups, websocket_writes
 from realtime.config import Settings
@@ -207,13 +210,19 @@ def test_the_app_installs_it(app):
     assert Settings.websocket_direct_send is True
 
 
+def queued_packets_max(instance_url):
+    text = requests.get(instance_url + "/metrics", timeout=5).text
+    (family,) = (f for f in text_string_to_metric_families(text) if f.name == "socketio_queued_packets_max")
+    return family.samples[0].value
+
+
 def test_through_the_stack_a_client_that_stops_reading_holds_up_no_one(own_stack, clients):
     """One instance, so both clients share its event loop. 40 broadcasts of 900 KB (36 MB) to a client that
     reads nothing: far more than the buffers on the way hold (its own 4 KB; `ss -tm` during this test showed
     about 4 MB queued on each of two sockets, and 0.6 MB in HAProxy's), so the instance's sends meet a full
     buffer and the rest waits in the instance's queue for that client."""
     stack = own_stack(replicas=1)
-    url = stack.status()["url"]
+    url, instance_url = stack.status()["url"], stack.status()["apps"][0]["url"]
     slow = websocket.create_connection(
         url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket",
         timeout=20,
@@ -225,6 +234,7 @@ def test_through_the_stack_a_client_that_stops_reading_holds_up_no_one(own_stack
         slow.send("40")
         assert slow.recv().startswith("40")  # Socket.IO CONNECT accepted
         fast = clients(url, transports=["websocket"])
+        assert queued_packets_max(instance_url) == 0
         count, pad = 40, "x" * 900_000
         for i in range(count):
             assert fast.call("broadcast", {"i": i, "pad": pad}) == {"ok": True}
@@ -233,6 +243,7 @@ def test_through_the_stack_a_client_that_stops_reading_holds_up_no_one(own_stack
         assert fast.call("whoami")  # and the instance still answers at once
         waiting = struct.unpack("i", fcntl.ioctl(slow.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
         assert waiting < count * len(pad) // 10  # the slow client really had not read: nearly all is upstream
+        assert queued_packets_max(instance_url) > 0  # and part of it waits in the instance, for its writer
         received = []
         while len(received) < count:  # it reads at last: every broadcast, whole and in order
             message = slow.recv()
@@ -243,5 +254,9 @@ def test_through_the_stack_a_client_that_stops_reading_holds_up_no_one(own_stack
                 assert data["pad"] == pad
                 received.append(data["i"])
         assert received == list(range(count))
+        deadline = time.monotonic() + 10
+        while queued_packets_max(instance_url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert queued_packets_max(instance_url) == 0
     finally:
         slow.close()
