@@ -10,8 +10,11 @@ import pytest
 import requests
 import socketio
 import websocket
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
 
 from realtime.config import ConfigError, Settings
+from realtime.engineio_headers import HookRequest
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 
@@ -178,3 +181,14 @@ def test_signed_in_user_connects_and_is_known_to_event_handlers(login_stack, cli
 def test_login_rejects_bad_names(login_stack):
     response = requests.post(login_stack.status()["url"] + "/login", json={"name": "<script>"}, timeout=5)
     assert response.status_code == 400 and "name must be" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [None, "", "randomId=abc", "io=x; randomId=abc; uid=1", 'a="quoted; value"; b=2', "a=1; a=2", "bad;;=; c=3"],
+)
+def test_hook_requests_read_the_same_cookies_as_werkzeug(cookie):
+    environ = EnvironBuilder(path="/socket.io/", query_string="EIO=4&transport=polling").get_environ()
+    if cookie is not None:
+        environ["HTTP_COOKIE"] = cookie
+    assert HookRequest(environ).cookies.to_dict(flat=False) == Request(environ).cookies.to_dict(flat=False)
