@@ -111,7 +111,7 @@ def create_app(settings=None):
     instrument.install(socketio, app)  # metrics and connection log lines
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
     connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
-    websocket_writes.install(settings)  # a packet for an idle WebSocket is sent at once, not via its writer
+    websocket_writes.install(settings)  # packets for idle WebSockets go out from the loop, not via writer greenlets
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 

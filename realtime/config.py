@@ -165,7 +165,7 @@ class Settings:
     max_http_buffer_size: int = 1_000_000
     async_handlers: bool = True  # ASYNC_HANDLERS: a greenlet per event; false = a client's events run in order
     read_buffer_size: int = 4096  # READ_BUFFER_SIZE: bytes each connection holds for reads (connection_memory.py)
-    websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: send to an idle WebSocket at once (websocket_writes.py)
+    websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: idle WebSockets' packets via the loop's outbox
     # per-connection limits (realtime/limits.py); 0 turns a limit off
     event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
     event_burst: int = 100  # EVENT_BURST: bucket size
