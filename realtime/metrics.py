@@ -55,6 +55,11 @@ MESSAGE_QUEUE_ERRORS = Counter(
 INSTANCE_INFO = Gauge("socketio_instance_info", "This instance's name (INSTANCE_NAME)", ["name"])
 
 
+CONNECTED_HELP = "Open Engine.IO connections by transport"
+QUEUED_HELP = "Packets held in memory for clients that have not taken them yet"
+QUEUED_MAX_HELP = "The most packets held for any one client"
+
+
 class ConnectedClients:
     """socketio_connected_clients and socketio_queued_packets*, computed at scrape time from the Engine.IO
     server: nothing on the hot path."""
@@ -64,7 +69,7 @@ class ConnectedClients:
 
     def describe(self):
         return [
-            GaugeMetricFamily("socketio_connected_clients", "Open Engine.IO connections by transport"),
+            GaugeMetricFamily("socketio_connected_clients", CONNECTED_HELP),
             GaugeMetricFamily("socketio_queued_packets", QUEUED_HELP),
             GaugeMetricFamily("socketio_queued_packets_max", QUEUED_MAX_HELP),
         ]
@@ -80,9 +85,7 @@ class ConnectedClients:
                     waiting = socket.queue.qsize()
                     queued += waiting
                     queued_max = max(queued_max, waiting)
-        family = GaugeMetricFamily(
-            "socketio_connected_clients", "Open Engine.IO connections by transport", labels=["transport"]
-        )
+        family = GaugeMetricFamily("socketio_connected_clients", CONNECTED_HELP, labels=["transport"])
         for transport, value in counts.items():
             family.add_metric([transport], value)
         yield family
@@ -90,8 +93,6 @@ class ConnectedClients:
         yield GaugeMetricFamily("socketio_queued_packets_max", QUEUED_MAX_HELP, value=queued_max)
 
 
-QUEUED_HELP = "Packets held in memory for clients that have not taken them yet"
-QUEUED_MAX_HELP = "The most packets held for any one client"
 CONNECTED = ConnectedClients()
 REGISTRY.register(CONNECTED)
 
