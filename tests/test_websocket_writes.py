@@ -73,13 +73,13 @@ class Client:
         return frames
 
 
-def open_socket(client):
+def open_socket(client, direct=True):
     """An engineio Socket whose client connected over WebSocket, its handler running as engineio runs it."""
     server = engineio.Server(async_mode="gevent")
     sock = engineio_socket.Socket(server, "sid-1")
     handler = gevent.spawn(sock._websocket_handler, client)
     gevent.sleep(0.01)  # the handler starts its writer and waits for the client
-    assert sock.upgraded and sock.direct is not None
+    assert sock.upgraded and (sock.direct is not None) == direct
     return sock, handler
 
 
@@ -118,10 +118,7 @@ def test_control_with_the_setting_off_packets_go_through_the_writer_queue():
     websocket_writes.install(Settings.from_env({"APP_ENV": "development", "WEBSOCKET_DIRECT_SEND": "false"}))
     assert engineio_socket.Socket.send is websocket_writes.ENGINEIO_SEND
     client = Client()
-    server = engineio.Server(async_mode="gevent")
-    sock = engineio_socket.Socket(server, "sid-1")
-    handler = gevent.spawn(sock._websocket_handler, client)
-    gevent.sleep(0.01)
+    sock, handler = open_socket(client, direct=False)
     sock.send(message(1))
     assert sock.queue.qsize() == 1 and websocket_writes.OUTBOX.items == []
     assert client.read_frames(1) == [(gws.WebSocket.OPCODE_TEXT, b'442["n",1]')]  # the same bytes
