@@ -1,9 +1,10 @@
-"""gevent-websocket 0.10.1 (its last release) runs pure-Python loops on every WebSocket frame. Three fixes,
+"""gevent-websocket 0.10.1 (its last release) does more work than needed on every WebSocket frame. Four fixes,
 each giving the same bytes as the original (tests/test_websocket_speedups.py):
 
 - UTF-8 validation of text frames: gevent-websocket uses wsaccel's C validator by itself once wsaccel is
   installed (requirements.txt), instead of a Python loop over every byte (run twice per message).
 - Header.unmask_payload XORs each client frame with its mask byte by byte in Python: wsaccel's C masker.
+- Reads: gevent makes two recv() calls per message (it tries, gets EAGAIN, waits, tries again): one (ReadAfterWait).
 - Stream.write is gevent's sendall(), which asks the kernel for SO_SNDBUF (one getsockopt syscall) on every
   frame: one send() instead, and sendall() only for what a full socket buffer leaves over (FrameWriter, which
   also lets realtime/websocket_writes.py send a frame without waiting).
@@ -61,8 +62,31 @@ class FrameWriter:
             self.busy.release()
 
 
+class ReadAfterWait:
+    """A WebSocket's reads from its socket (the raw reads under its buffered reader). gevent's recv() tries the
+    socket first and waits only on EAGAIN, so each message read cost two recv() calls, one of them failing: a
+    read that leaves the kernel's buffer empty makes the next read wait for data first, then make one recv()."""
+
+    __slots__ = ("sock", "drained")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.drained = True  # unknown: a wait for data that is already there returns at once
+
+    def readinto(self, buffer):
+        sock = self.sock
+        if self.drained:
+            sock._wait(sock._read_event)  # what gevent's recv_into does on EAGAIN, with the socket's timeout
+        count = sock.recv_into(buffer)
+        self.drained = count < len(buffer)
+        return count
+
+
 def stream_init(stream, handler):
     stream.handler = handler
+    raw = getattr(handler.rfile, "raw", None)  # a gevent socket's makefile(), as pywsgi and connection_memory make
+    if raw is not None and hasattr(handler.socket, "_read_event"):
+        raw.readinto = ReadAfterWait(handler.socket).readinto  # bytes already buffered are still read first
     stream.read = handler.rfile.read
     stream.write = FrameWriter(handler.socket).write
 

@@ -3,6 +3,8 @@
 import os
 import random
 
+import gevent
+import gevent.socket
 import pytest
 from geventwebsocket import utf8validator
 from geventwebsocket import websocket as gws
@@ -69,3 +71,58 @@ def test_one_send_per_frame_and_sendall_only_for_the_rest():
 def test_the_app_installs_them(app):
     assert gws.Header.unmask_payload is websocket_speedups.mask_payload
     assert gws.Stream.__init__ is websocket_speedups.stream_init
+
+
+class CountingSocket:
+    """Stands in for a gevent socket's own OS socket: counts the recv_into() calls, and those that found nothing."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.calls = self.empty = 0
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+    def recv_into(self, *args):
+        self.calls += 1
+        try:
+            return self.sock.recv_into(*args)
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+
+def client_frame(text):
+    payload, mask = text.encode(), os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def websocket_over_socketpair(init, sent_before):
+    """A gevent-websocket WebSocket whose HTTP reader had already buffered `sent_before` (sent with the upgrade)."""
+    server_end, peer = gevent.socket.socketpair()
+    counter = CountingSocket(server_end._sock)
+    server_end._sock = counter
+    handler = type("Handler", (), {"socket": server_end, "rfile": server_end.makefile("rb", 4096), "logger": None})()
+    peer.sendall(sent_before)
+    assert handler.rfile.peek(1)  # in the reader's buffer now, as pywsgi may leave it after the request
+    stream = object.__new__(gws.Stream)
+    init(stream, handler)
+    return gws.WebSocket({}, stream, handler), peer, counter
+
+
+ORIGINAL_STREAM_INIT = gws.Stream.__init__
+
+
+@pytest.mark.parametrize("speedup", [True, False], ids=["ReadAfterWait", "control: gevent's reads"])
+def test_each_message_takes_one_recv_after_a_wait(speedup):
+    init = websocket_speedups.stream_init if speedup else ORIGINAL_STREAM_INIT
+    ws, peer, counter = websocket_over_socketpair(init, client_frame("already there") + client_frame("and this"))
+    assert [ws.receive(), ws.receive()] == ["already there", "and this"]
+    counter.calls = counter.empty = 0
+    for i in range(20):  # the client's next message comes only after a while, as an echo client's does
+        gevent.spawn_later(0.002, peer.sendall, client_frame(f"message {i}"))
+        assert ws.receive() == f"message {i}"
+    if speedup:
+        assert (counter.calls, counter.empty) == (20, 0)
+    else:
+        assert (counter.calls, counter.empty) == (40, 20)  # a recv() that finds nothing before each wait
