@@ -19,6 +19,7 @@ from realtime import (
     emit_cli,
     events,
     health,
+    inline_handlers,
     instrument,
     json_codec,
     limits,
@@ -100,7 +101,7 @@ def create_app(settings=None):
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_http_buffer_size,
-        # a greenlet per event, so a slow handler never holds up the client's other events (ASYNC_HANDLERS)
+        # a handler that waits never holds up the client's other events (ASYNC_HANDLERS; and INLINE_HANDLERS below)
         async_handlers=settings.async_handlers,
         json=json_codec,  # orjson, falling back to json where the two would differ (realtime/json_codec.py)
         cookie=settings.cookie.engineio_option(),
@@ -112,6 +113,7 @@ def create_app(settings=None):
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
     connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
     websocket_writes.install(settings)  # packets for idle WebSockets go out from the loop, not via writer greenlets
+    inline_handlers.install(socketio.server, settings)  # a WebSocket's events run in its reader until one waits
     log.info("effective config: %s", json.dumps(settings.public_dict(), sort_keys=True))
     return app
 

@@ -163,9 +163,10 @@ class Settings:
     ping_interval: int = 25
     ping_timeout: int = 20
     max_http_buffer_size: int = 1_000_000
-    async_handlers: bool = True  # ASYNC_HANDLERS: a greenlet per event; false = a client's events run in order
+    async_handlers: bool = True  # ASYNC_HANDLERS: a waiting handler holds up no other event; false = in order
     read_buffer_size: int = 4096  # READ_BUFFER_SIZE: bytes each connection holds for reads (connection_memory.py)
     websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: idle WebSockets' packets via the loop's outbox
+    inline_handlers: bool = True  # INLINE_HANDLERS: a WebSocket's event runs in its reader until the handler waits
     # per-connection limits (realtime/limits.py); 0 turns a limit off
     event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
     event_burst: int = 100  # EVENT_BURST: bucket size
@@ -212,6 +213,7 @@ class Settings:
             async_handlers=env_bool(env, "ASYNC_HANDLERS", True),
             read_buffer_size=env_number(env, "READ_BUFFER_SIZE", 4096, minimum=256),
             websocket_direct_send=env_bool(env, "WEBSOCKET_DIRECT_SEND", True),
+            inline_handlers=env_bool(env, "INLINE_HANDLERS", True),
             event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),
             event_burst=env_number(env, "EVENT_BURST", 100, minimum=1),
             event_flood_disconnect=env_number(env, "EVENT_FLOOD_DISCONNECT", 500, minimum=0),

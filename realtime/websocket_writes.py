@@ -19,6 +19,7 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
+from realtime import inline_handlers
 from realtime.websocket_speedups import FrameWriter
 
 try:
@@ -30,6 +31,7 @@ ENGINEIO_SEND = engineio_socket.Socket.send
 ENGINEIO_POLL = engineio_socket.Socket.poll
 ENGINEIO_CLOSE = engineio_socket.Socket.close
 ENGINEIO_WEBSOCKET_HANDLER = engineio_socket.Socket._websocket_handler
+DIRECT_SEND = [False]  # WEBSOCKET_DIRECT_SEND, as install() last set it
 
 
 def frame(message):
@@ -42,15 +44,19 @@ def frame(message):
 
 
 def websocket_handler(sock, ws):
-    """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter."""
-    websocket = getattr(ws, "_sock", None)
-    writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
-    if isinstance(writer, FrameWriter):
-        sock.direct = (websocket, writer)
+    """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter
+    (WEBSOCKET_DIRECT_SEND), and its events can run in its greenlet (realtime/inline_handlers.py)."""
+    if DIRECT_SEND[0]:
+        websocket = getattr(ws, "_sock", None)
+        writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
+        if isinstance(writer, FrameWriter):
+            sock.direct = (websocket, writer)
+    reader = inline_handlers.websocket_reading(sock, ws)
     try:
         return ENGINEIO_WEBSOCKET_HANDLER(sock, ws)
     finally:
         sock.direct = None
+        inline_handlers.stop_reading(reader)
 
 
 class Outbox:
@@ -132,9 +138,9 @@ def poll(sock):
 
 def install(settings):
     """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND; false restores engineio's own path."""
-    enabled = settings.websocket_direct_send and WebSocket is not None
+    enabled = DIRECT_SEND[0] = settings.websocket_direct_send and WebSocket is not None
     engineio_socket.Socket.direct = None
     engineio_socket.Socket.send = send if enabled else ENGINEIO_SEND
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE
-    engineio_socket.Socket._websocket_handler = websocket_handler if enabled else ENGINEIO_WEBSOCKET_HANDLER
+    engineio_socket.Socket._websocket_handler = websocket_handler
