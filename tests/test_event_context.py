@@ -92,3 +92,60 @@ def test_the_kept_route_holds_no_frames():
     for _, _, _, error in kept:
         assert type(error).__name__ == "NotFound"
         assert error.__traceback__ is None and error.__context__ is None
+
+
+def teardowns(flask_class, register):
+    """What runs at the end of each Socket.IO event and HTTP request, with `register` hooking into the app."""
+    app, sio = build(flask_class)
+    seen = []
+    register(app, seen)
+    sio.test_client(app).emit("probe", 1, callback=True)
+    app.test_client().get("/items/2")
+    return seen
+
+
+@pytest.mark.parametrize(
+    "register",
+    [
+        lambda app, seen: app.teardown_request(lambda exc: seen.append("teardown_request")),
+        lambda app, seen: app.teardown_appcontext(lambda exc: seen.append("teardown_appcontext")),
+    ],
+    ids=["teardown_request", "teardown_appcontext"],
+)
+def test_teardown_functions_still_run_after_every_event_and_request(register):
+    seen = teardowns(RealtimeFlask, register)
+    assert seen == teardowns(Flask, register) and len(seen) >= 2  # the event and the HTTP request
+
+
+def test_teardown_signals_still_reach_their_receivers():
+    from flask.signals import appcontext_tearing_down, request_tearing_down
+
+    def register(app, seen):
+        def on_request(sender, **kwargs):
+            seen.append("request_tearing_down")
+
+        def on_appcontext(sender, **kwargs):
+            seen.append("appcontext_tearing_down")
+
+        app.extensions["receivers"] = (on_request, on_appcontext)  # blinker holds receivers weakly
+        request_tearing_down.connect(on_request, app)
+        appcontext_tearing_down.connect(on_appcontext, app)
+
+    seen = teardowns(RealtimeFlask, register)
+    assert seen == teardowns(Flask, register)
+    assert seen.count("request_tearing_down") >= 2 and seen.count("appcontext_tearing_down") >= 2
+
+
+def test_a_requests_uploaded_files_are_still_closed():
+    from io import BytesIO
+
+    app = RealtimeFlask(__name__)
+    uploads = []
+
+    @app.post("/upload")
+    def upload():
+        uploads.append(request.files["f"])
+        return "ok"
+
+    assert app.test_client().post("/upload", data={"f": (BytesIO(b"data"), "f.txt")}).status_code == 200
+    assert uploads[0].stream.closed
