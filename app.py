@@ -26,7 +26,7 @@ from realtime import (
     logs,
     message_queue,
     metrics,
-    request_headers,
+    pywsgi_speedups,
     security,
     websocket_speedups,
     websocket_writes,
@@ -112,7 +112,7 @@ def create_app(settings=None):
     security.install(app)  # security headers on HTTP routes (realtime/security.py)
     instrument.install(socketio, app)  # metrics and connection log lines
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
-    request_headers.install()  # pywsgi parses plain request headers without the email package
+    pywsgi_speedups.install()  # pywsgi: plain request headers without the email package, fewer send() calls
     connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
     websocket_writes.install(settings)  # packets for idle WebSockets go out from the loop, not via writer greenlets
     inline_handlers.install(socketio.server, settings)  # a WebSocket's events run in its reader until one waits

@@ -23,6 +23,8 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
+from realtime import websocket_speedups
+
 try:
     from geventwebsocket.handler import WebSocketHandler
 except ImportError:  # the simple-websocket variant (bench/run template_simplews)
@@ -54,7 +56,9 @@ def send_ping(sock, timer):
 
 def handler_init(read_buffer_size):
     def init(self, sock, address, server, rfile=None):
-        PYWSGI_INIT(self, sock, address, server, rfile or sock.makefile("rb", read_buffer_size))
+        rfile = rfile or sock.makefile("rb", read_buffer_size)
+        websocket_speedups.read_after_wait(rfile, sock)  # one recv() per request read, not two
+        PYWSGI_INIT(self, sock, address, server, rfile)
 
     init.read_buffer_size = read_buffer_size
     return init

@@ -4,7 +4,8 @@ each giving the same bytes as the original (tests/test_websocket_speedups.py):
 - UTF-8 validation of text frames: gevent-websocket uses wsaccel's C validator by itself once wsaccel is
   installed (requirements.txt), instead of a Python loop over every byte (run twice per message).
 - Header.unmask_payload XORs each client frame with its mask byte by byte in Python: wsaccel's C masker.
-- Reads: gevent makes two recv() calls per message (it tries, gets EAGAIN, waits, tries again): one (ReadAfterWait).
+- Reads: gevent makes two recv() calls per message (it tries, gets EAGAIN, waits, tries again): one (ReadAfterWait,
+  also on every HTTP connection's reads, from realtime/connection_memory.py).
 - Stream.write is gevent's sendall(), which asks the kernel for SO_SNDBUF (one getsockopt syscall) on every
   frame: one send() instead, and sendall() only for what a full socket buffer leaves over (FrameWriter, which
   also lets realtime/websocket_writes.py send a frame without waiting).
@@ -71,7 +72,7 @@ class ReadAfterWait:
 
     def __init__(self, sock):
         self.sock = sock
-        self.drained = True  # unknown: a wait for data that is already there returns at once
+        self.drained = False  # unknown: try first, as gevent does
 
     def readinto(self, buffer):
         sock = self.sock
@@ -82,11 +83,18 @@ class ReadAfterWait:
         return count
 
 
+def read_after_wait(rfile, sock):
+    """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first."""
+    raw = getattr(rfile, "raw", None)
+    if raw is None or not hasattr(sock, "_read_event"):
+        return
+    if not isinstance(getattr(raw.readinto, "__self__", None), ReadAfterWait):
+        raw.readinto = ReadAfterWait(sock).readinto
+
+
 def stream_init(stream, handler):
     stream.handler = handler
-    raw = getattr(handler.rfile, "raw", None)  # a gevent socket's makefile(), as pywsgi and connection_memory make
-    if raw is not None and hasattr(handler.socket, "_read_event"):
-        raw.readinto = ReadAfterWait(handler.socket).readinto  # bytes already buffered are still read first
+    read_after_wait(handler.rfile, handler.socket)  # connection_memory has done it for every connection already
     stream.read = handler.rfile.read
     stream.write = FrameWriter(handler.socket).write
 

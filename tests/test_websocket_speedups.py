@@ -122,7 +122,7 @@ def test_each_message_takes_one_recv_after_a_wait(speedup):
     for i in range(20):  # the client's next message comes only after a while, as an echo client's does
         gevent.spawn_later(0.002, peer.sendall, client_frame(f"message {i}"))
         assert ws.receive() == f"message {i}"
-    if speedup:
-        assert (counter.calls, counter.empty) == (20, 0)
+    if speedup:  # only the first read, not knowing yet, tries before it waits
+        assert (counter.calls, counter.empty) == (21, 1)
     else:
         assert (counter.calls, counter.empty) == (40, 20)  # a recv() that finds nothing before each wait

@@ -1,0 +1,98 @@
+"""gevent's pywsgi, the HTTP server under gevent-websocket's worker, on long-polling, where every echo is two
+HTTP requests (py-spy and strace on a worker, bench/run --profile --profile-scenarios echo_polling):
+
+Request headers: pywsgi parsed each request's headers with the email package (http.client.parse_headers),
+about 18% of the worker's CPU. A faster path for the plain case, with no parsing of its own otherwise:
+- The lines are read by http.client's own reader, with its limits (65,536 bytes a line, 100 headers).
+- If every line is a plain `Name: value` (the name an RFC 9110 token, the value visible ASCII, Latin-1,
+  spaces or tabs; CRLF at the end), the message gets the (name, value) pairs the email parser gives such
+  lines: the value with leading blanks and the CRLF removed.
+- Any other line (folded, bare CR or LF, control characters, no colon, ...) and the email package parses
+  them all, as before.
+
+Responses: pywsgi sent the headers and the body with a sendall() each, and gevent's sendall() asks the
+kernel for SO_SNDBUF every time: four system calls and two TCP segments for a 13-byte poll answer. A body of
+up to 64 KB now goes in the same write as the headers, and a write is one send(), with sendall() only for
+what the socket buffer leaves over.
+
+tests/test_pywsgi_speedups.py compares both with pywsgi's own: the parsed message on real clients'
+requests and on random and malformed ones; the bytes on the wire.
+"""
+
+import re
+from email.parser import Parser
+from http import client
+
+from gevent import pywsgi
+
+PLAIN_HEADER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n")
+GEVENT_MESSAGE_CLASS = pywsgi.WSGIHandler.MessageClass
+GEVENT_WRITE_WITH_HEADERS = pywsgi.WSGIHandler._write_with_headers
+GEVENT_SENDALL = pywsgi.WSGIHandler._sendall
+SMALL_BODY = 64 * 1024  # copied after the headers: cheaper than a second send() up to far beyond a poll's size
+OldMessage = getattr(pywsgi, "OldMessage", None)  # pywsgi's http.client.HTTPMessage with its old (Python 2) API
+
+
+def parse(fp):
+    """pywsgi's headers_factory(fp): the request's headers as an OldMessage."""
+    try:
+        lines = client._read_headers(fp)
+    except client.LineTooLong:  # as pywsgi: a 400 for the request
+        message = OldMessage()
+        message.status = "Line too long"
+        return message
+    if lines[-1] == b"\r\n" and all(PLAIN_HEADER.fullmatch(line) for line in lines[:-1]):
+        message = OldMessage()
+        for line in lines[:-1]:
+            name, value = line[:-2].decode("iso-8859-1").split(":", 1)
+            message._headers.append((name, value.lstrip(" \t")))
+        message._payload = ""
+        return message
+    return Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def message_class(handler, fp, *args):
+    return parse(fp)
+
+
+def write_with_headers(handler, data):
+    """pywsgi's WSGIHandler._write_with_headers, with a small body in the same write as the headers."""
+    handler.headers_sent = True
+    handler.finalize_headers()
+    towrite = bytearray(b"HTTP/1.1 ")  # status and headers are latin-1 bytes already (pywsgi's start_response)
+    towrite += handler.status
+    towrite += b"\r\n"
+    for header, value in handler.response_headers:
+        towrite += header
+        towrite += b": "
+        towrite += value
+        towrite += b"\r\n"
+    towrite += b"\r\n"
+    if data and not handler.response_use_chunked and len(data) <= SMALL_BODY:
+        towrite += data
+        handler._sendall(towrite)
+    else:
+        handler._sendall(towrite)
+        handler._write(data)
+
+
+def sendall(handler, data):
+    """pywsgi's WSGIHandler._sendall: one send(), and sendall() only for what the socket buffer leaves over."""
+    try:
+        sent = handler.socket.send(data)
+        if sent < len(data):
+            handler.socket.sendall(memoryview(data)[sent:])
+    except OSError as ex:
+        handler.status = f"socket error: {ex}"
+        if handler.code > 0:
+            handler.code = -handler.code
+        raise
+    handler.response_length += len(data)
+
+
+def install():
+    """pywsgi's request handlers (gevent-websocket's, and gunicorn's plain gevent worker's) use these."""
+    if OldMessage is not None and hasattr(client, "_read_headers"):
+        pywsgi.WSGIHandler.MessageClass = message_class
+    pywsgi.WSGIHandler._write_with_headers = write_with_headers
+    pywsgi.WSGIHandler._sendall = sendall
