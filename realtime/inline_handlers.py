@@ -106,6 +106,7 @@ def websocket_reading(sock, ws):
 def stop_reading(reader):
     if reader is not None:
         READERS.pop(reader.owner, None)
+        vars(reader.read.__self__).pop("wait", None)  # the ws and its Reader referred to each other
 
 
 def handle_event(server, eio_sid, namespace, id, data):

@@ -93,7 +93,9 @@ def test_a_handler_that_does_not_wait_runs_in_the_greenlet_that_read_its_event()
     conn.ws.emit("where", ack_id=1)
     assert conn.ack() == (1, ["here"])
     assert ran_in == [conn.reader]
+    assert inline_handlers.READERS[conn.reader].read.__self__ is conn.ws
     conn.end()
+    assert conn.reader not in inline_handlers.READERS and "wait" not in vars(conn.ws)  # nothing kept
 
 
 def test_control_with_the_setting_off_every_event_gets_a_greenlet():
