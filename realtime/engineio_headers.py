@@ -16,18 +16,36 @@ handshake instead (clients start with polling by default), or add them in HAProx
 (`http-response add-header Set-Cookie ... if { status 101 }`).
 """
 
+from urllib.parse import parse_qs
+
 from werkzeug.http import parse_cookie
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request
 
 
 class HookRequest(Request):
-    """werkzeug's Request, with `cookies` read from the one Cookie header a WSGI environ holds (HTTP_COOKIE):
-    werkzeug scans every environ key for it, about 5% of a long-polling worker's CPU (py-spy)."""
+    """werkzeug's Request, made when a hook first uses more than `environ` and `cookies` (werkzeug's __init__
+    decodes the path, wraps the headers, ...: about 5% of a long-polling worker, for hooks that read only a
+    cookie), and with `cookies` read from the one Cookie header a WSGI environ holds (HTTP_COOKIE): werkzeug
+    scans every environ key for it (py-spy)."""
+
+    def __init__(self, environ):
+        self.environ = environ
+
+    def __getattr__(self, name):  # an attribute werkzeug's __init__ sets: make it now, once
+        if "headers" in self.__dict__:
+            raise AttributeError(name)
+        Request.__init__(self, self.environ)
+        return getattr(self, name)
 
     @cached_property
     def cookies(self):
         return parse_cookie(self.environ.get("HTTP_COOKIE", ""), cls=self.dict_storage_class)
+
+
+def is_handshake(environ):
+    """An Engine.IO handshake: a GET without a session id, as python-engineio reads the query string."""
+    return environ.get("REQUEST_METHOD") == "GET" and "sid" not in parse_qs(environ.get("QUERY_STRING", ""))
 
 
 class EngineIOHeaders:
@@ -49,12 +67,11 @@ class EngineIOHeaders:
         def middleware(environ, start_response):
             if not environ.get("PATH_INFO", "").startswith(path) or environ.get("HTTP_UPGRADE"):
                 return wsgi_app(environ, start_response)
-            request = HookRequest(environ)
-            is_handshake = request.method == "GET" and "sid" not in request.args
 
             def start_with_headers(status, headers, exc_info=None):
                 if status.startswith("200"):
-                    if is_handshake:
+                    request = HookRequest(environ)
+                    if self.handshake_hooks and is_handshake(environ):
                         for hook in self.handshake_hooks:
                             hook(headers, request)
                     for hook in self.request_hooks:

@@ -15,6 +15,10 @@ kernel for SO_SNDBUF every time: four system calls and two TCP segments for a 13
 up to 64 KB now goes in the same write as the headers, and a write is one send(), with sendall() only for
 what the socket buffer leaves over.
 
+Also, for the same requests: the environ's HTTP_* entries come from a plain message's (name, value) pairs,
+without pywsgi formatting each header into a line and splitting it again; the Date header is formatted
+once per second, not once per response.
+
 tests/test_pywsgi_speedups.py compares both with pywsgi's own: the parsed message on real clients'
 requests and on random and malformed ones; the bytes on the wire.
 """
@@ -29,8 +33,15 @@ PLAIN_HEADER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]
 GEVENT_MESSAGE_CLASS = pywsgi.WSGIHandler.MessageClass
 GEVENT_WRITE_WITH_HEADERS = pywsgi.WSGIHandler._write_with_headers
 GEVENT_SENDALL = pywsgi.WSGIHandler._sendall
+GEVENT_ENVIRON_HEADERS = pywsgi.WSGIHandler._headers
+GEVENT_FORMAT_DATE_TIME = pywsgi.format_date_time
+LAST_DATE = [None, b""]  # the second the Date header was last formatted for, and its value
 SMALL_BODY = 64 * 1024  # copied after the headers: cheaper than a second send() up to far beyond a poll's size
 OldMessage = getattr(pywsgi, "OldMessage", None)  # pywsgi's http.client.HTTPMessage with its old (Python 2) API
+
+
+class PlainMessage(OldMessage or object):
+    """A message of plain header lines only: no folded value, no CR or LF in any (see parse)."""
 
 
 def parse(fp):
@@ -42,7 +53,7 @@ def parse(fp):
         message.status = "Line too long"
         return message
     if lines[-1] == b"\r\n" and all(PLAIN_HEADER.fullmatch(line) for line in lines[:-1]):
-        message = OldMessage()
+        message = PlainMessage()
         for line in lines[:-1]:
             name, value = line[:-2].decode("iso-8859-1").split(":", 1)
             message._headers.append((name, value.lstrip(" \t")))
@@ -53,6 +64,27 @@ def parse(fp):
 
 def message_class(handler, fp, *args):
     return parse(fp)
+
+
+def environ_headers(handler):
+    """pywsgi's WSGIHandler._headers: the request's headers as (HTTP_NAME, value) for the environ. For plain
+    lines, without pywsgi's formatting of each header into a line and splitting it again."""
+    if type(handler.headers) is not PlainMessage:
+        yield from GEVENT_ENVIRON_HEADERS(handler)
+        return
+    for name, value in handler.headers._headers:
+        if "_" not in name:  # as pywsgi: such headers are dropped (HTTP_X_A could come from X-A or X_A)
+            key = name.replace("-", "_").upper()
+            if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                yield "HTTP_" + key, value.strip()
+
+
+def date_header_value(timestamp):
+    """pywsgi's format_date_time (the Date header), formatted once per second instead of per response."""
+    second = int(timestamp)
+    if LAST_DATE[0] != second:
+        LAST_DATE[:] = [second, GEVENT_FORMAT_DATE_TIME(second)]
+    return LAST_DATE[1]
 
 
 def write_with_headers(handler, data):
@@ -94,5 +126,7 @@ def install():
     """pywsgi's request handlers (gevent-websocket's, and gunicorn's plain gevent worker's) use these."""
     if OldMessage is not None and hasattr(client, "_read_headers"):
         pywsgi.WSGIHandler.MessageClass = message_class
+        pywsgi.WSGIHandler._headers = environ_headers
+    pywsgi.format_date_time = date_header_value
     pywsgi.WSGIHandler._write_with_headers = write_with_headers
     pywsgi.WSGIHandler._sendall = sendall

@@ -192,3 +192,33 @@ def test_hook_requests_read_the_same_cookies_as_werkzeug(cookie):
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie
     assert HookRequest(environ).cookies.to_dict(flat=False) == Request(environ).cookies.to_dict(flat=False)
+
+
+def test_hook_requests_are_werkzeug_requests_made_on_first_use():
+    environ = EnvironBuilder(
+        path="/socket.io/", query_string="EIO=4&transport=polling&sid=abc", headers={"Cookie": "randomId=1"}
+    ).get_environ()
+    request = HookRequest(environ)
+    assert request.cookies["randomId"] == "1" and "headers" not in vars(request)  # a cookie needs no more
+    plain = Request(environ)
+    for name in ("method", "path", "url", "host", "remote_addr"):
+        assert getattr(request, name) == getattr(plain, name)
+    assert request.args.to_dict() == plain.args.to_dict() and dict(request.headers) == dict(plain.headers)
+    assert isinstance(request, Request) and not hasattr(request, "no_such_attribute")
+
+
+@pytest.mark.parametrize(
+    "method, query, handshake",
+    [
+        ("GET", "EIO=4&transport=polling", True),
+        ("GET", "EIO=4&transport=polling&t=Px1", True),
+        ("GET", "EIO=4&transport=polling&sid=abc", False),
+        ("GET", "EIO=4&transport=polling&sid=", True),  # python-engineio reads an empty sid as none
+        ("POST", "EIO=4&transport=polling&sid=abc", False),
+        ("POST", "EIO=4&transport=polling", False),
+    ],
+)
+def test_handshakes_are_what_python_engineio_takes_for_one(method, query, handshake):
+    from realtime.engineio_headers import is_handshake
+
+    assert is_handshake({"REQUEST_METHOD": method, "QUERY_STRING": query}) is handshake

@@ -100,6 +100,9 @@ def test_too_many_headers_is_refused_as_before():
 
 def test_the_template_app_installs_it(app):
     assert pywsgi.WSGIHandler.MessageClass is pywsgi_speedups.message_class
+    assert pywsgi.WSGIHandler._headers is pywsgi_speedups.environ_headers
+    assert pywsgi.WSGIHandler._write_with_headers is pywsgi_speedups.write_with_headers
+    assert pywsgi.format_date_time is pywsgi_speedups.date_header_value
 
 
 def app_answering(environ, start_response):
@@ -176,3 +179,29 @@ def test_responses_are_the_same_bytes_with_a_small_body_in_the_headers_write(mon
     assert gevent_calls == {"send": 0, "sendall": 2 + 1 + 2 + 3 + 2}
     # now one send() per write, and a body up to 64 KB in the headers' write (chunks still on their own)
     assert fast_calls == {"send": 1 + 1 + 2 + 3 + 1, "sendall": 0}
+
+
+class HandlerWith:
+    def __init__(self, headers):
+        self.headers = headers
+
+
+UNDERSCORES_AND_BODY = (
+    b"Host: x\r\nX_Under: dropped\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nCookie: a=1\r\n"
+    b"Cookie: b=2\r\nX-Dup: 1\r\nX-Dup: 2\r\nX-Pad: \t padded \xa0\t\r\n\r\n"
+)
+
+
+def test_the_environ_gets_the_same_headers():
+    rng = random.Random(7)
+    blocks = [CHROMIUM_POLL, NODE_POST, PYTHON_UPGRADE, UNDERSCORES_AND_BODY, *MALFORMED[:-1]]
+    blocks += [random_headers(rng) for _ in range(2000)]
+    for raw in blocks:
+        fast = list(pywsgi_speedups.environ_headers(HandlerWith(pywsgi_speedups.parse(io.BytesIO(raw)))))
+        gevent_own = list(pywsgi_speedups.GEVENT_ENVIRON_HEADERS(HandlerWith(pywsgi.headers_factory(io.BytesIO(raw)))))
+        assert fast == gevent_own, raw
+
+
+def test_the_date_header_is_the_same():
+    for timestamp in (0, 1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_800_000_000.5, 1_700_000_000.0):
+        assert pywsgi_speedups.date_header_value(timestamp) == pywsgi_speedups.GEVENT_FORMAT_DATE_TIME(timestamp)
