@@ -1,6 +1,7 @@
 """realtime/inline_handlers.py: a WebSocket's events run in the greenlet that read them until a handler waits;
 then a new greenlet reads the connection, so a waiting handler holds up none of the client's other events.
-A real python-socketio Server with python-engineio's own WebSocket handler; the client's side is a queue."""
+A real python-socketio Server with python-engineio's own WebSocket handler, the client's side a queue; then
+through a real stack, a handler waiting on a stopped Redis, with ASYNC_HANDLERS=false as the control."""
 
 import logging
 
@@ -197,3 +198,38 @@ def test_an_error_in_a_handler_ends_neither_the_connection_nor_its_reading(caplo
     assert "ZeroDivisionError" in caplog.text
     assert not conn.sock.closed
     conn.end()
+
+
+# --- through a real stack ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("async_handlers", ["true", "false"], ids=["shipped", "control-ASYNC_HANDLERS=false"])
+def test_a_handler_waiting_on_redis_holds_up_none_of_the_clients_events(own_stack, clients, async_handlers):
+    """One instance behind HAProxy, a python-socketio client on WebSocket. With Redis stopped (SIGSTOP), the
+    `broadcast` handler waits for its PUBLISH reply (up to 2 s); the same client's `echo` is answered
+    meanwhile. The control runs a client's events in order, and its echo waits for the broadcast."""
+    import os
+    import signal
+    import time
+
+    stack = own_stack(replicas=1, ASYNC_HANDLERS=async_handlers)
+    client = clients(stack.status()["url"], transports=["websocket"])
+    assert client.call("echo", "before") == "before"
+    redis_pid = stack.status()["redis"]["pid"]
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        client.client.emit("broadcast", {"n": 1})
+        time.sleep(0.2)  # the broadcast handler is waiting for Redis now
+        started = time.monotonic()
+        try:
+            answer = client.call("echo", "meanwhile", timeout=1)
+        except socketio.exceptions.TimeoutError:
+            answer = None
+        waited = time.monotonic() - started
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    if async_handlers == "true":
+        assert answer == "meanwhile" and waited < 0.5, waited
+    else:
+        assert answer is None  # held up behind the waiting handler
+    assert client.call("echo", "after") == "after"
