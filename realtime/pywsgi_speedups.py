@@ -29,6 +29,8 @@ from http import client
 
 from gevent import pywsgi
 
+from realtime.websocket_speedups import send_whole
+
 PLAIN_HEADER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n")
 GEVENT_MESSAGE_CLASS = pywsgi.WSGIHandler.MessageClass
 GEVENT_WRITE_WITH_HEADERS = pywsgi.WSGIHandler._write_with_headers
@@ -111,9 +113,7 @@ def write_with_headers(handler, data):
 def sendall(handler, data):
     """pywsgi's WSGIHandler._sendall: one send(), and sendall() only for what the socket buffer leaves over."""
     try:
-        sent = handler.socket.send(data)
-        if sent < len(data):
-            handler.socket.sendall(memoryview(data)[sent:])
+        send_whole(handler.socket, data)
     except OSError as ex:
         handler.status = f"socket error: {ex}"
         if handler.code > 0:

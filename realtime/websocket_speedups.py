@@ -25,6 +25,13 @@ def mask_payload(header, payload):
     return bytearray(XorMaskerSimple(header.mask).process(bytes(payload)))
 
 
+def send_whole(sock, data):
+    """gevent's sendall() without its getsockopt(SO_SNDBUF) per call: one send(), sendall() only for the rest."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 class FrameWriter:
     """One WebSocket's writes: one send() per frame, and frames whole and in order, whichever greenlet sends."""
 
@@ -37,9 +44,7 @@ class FrameWriter:
     def write(self, data):
         """gevent-websocket's raw_write (engineio's writer greenlet, close frames): waits for room, as sendall()."""
         with self.busy:
-            sent = self.sock.send(data)
-            if sent < len(data):
-                self.sock.sendall(memoryview(data)[sent:])
+            send_whole(self.sock, data)
 
     def try_write(self, data):
         """Send now without ever waiting; False if nothing went out (the caller queues the frame instead)."""
@@ -84,17 +89,15 @@ class ReadAfterWait:
 
 
 def read_after_wait(rfile, sock):
-    """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first."""
+    """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first.
+    realtime/connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
     raw = getattr(rfile, "raw", None)
-    if raw is None or not hasattr(sock, "_read_event"):
-        return
-    if not isinstance(getattr(raw.readinto, "__self__", None), ReadAfterWait):
+    if raw is not None and hasattr(sock, "_read_event"):
         raw.readinto = ReadAfterWait(sock).readinto
 
 
 def stream_init(stream, handler):
     stream.handler = handler
-    read_after_wait(handler.rfile, handler.socket)  # connection_memory has done it for every connection already
     stream.read = handler.rfile.read
     stream.write = FrameWriter(handler.socket).write
 

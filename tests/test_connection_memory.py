@@ -10,13 +10,14 @@ import time
 
 import engineio
 import gevent
+import gevent.socket
 import pytest
 import websocket
 from engineio import socket as engineio_socket
 from geventwebsocket.handler import WebSocketHandler
 from greenlet import greenlet
 
-from realtime import connection_memory
+from realtime import connection_memory, websocket_speedups
 from realtime.config import Settings
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -126,6 +127,17 @@ def handler_rfile_size(read_buffer_size):
     try:
         handler = WebSocketHandler(left, ("127.0.0.1", 1), server=None)
         return sys.getsizeof(handler.rfile)  # a BufferedReader counts its buffer
+    finally:
+        left.close(), right.close()
+
+
+def test_every_connection_reads_after_a_wait():
+    """One recv() per read (websocket_speedups.ReadAfterWait) on every connection, HTTP and WebSocket alike."""
+    connection_memory.install_handler(Settings.read_buffer_size)
+    left, right = gevent.socket.socketpair()
+    try:
+        handler = WebSocketHandler(left, ("127.0.0.1", 1), server=None)
+        assert isinstance(handler.rfile.raw.readinto.__self__, websocket_speedups.ReadAfterWait)
     finally:
         left.close(), right.close()
 
