@@ -31,7 +31,6 @@ ENGINEIO_SEND = engineio_socket.Socket.send
 ENGINEIO_POLL = engineio_socket.Socket.poll
 ENGINEIO_CLOSE = engineio_socket.Socket.close
 ENGINEIO_WEBSOCKET_HANDLER = engineio_socket.Socket._websocket_handler
-DIRECT_SEND = [False]  # WEBSOCKET_DIRECT_SEND, as install() last set it
 
 
 def frame(message):
@@ -46,7 +45,7 @@ def frame(message):
 def websocket_handler(sock, ws):
     """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter
     (WEBSOCKET_DIRECT_SEND), and its events can run in its greenlet (realtime/inline_handlers.py)."""
-    if DIRECT_SEND[0]:
+    if engineio_socket.Socket.send is send:  # WEBSOCKET_DIRECT_SEND, as install() last set it
         websocket = getattr(ws, "_sock", None)
         writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
         if isinstance(writer, FrameWriter):
@@ -138,7 +137,7 @@ def poll(sock):
 
 def install(settings):
     """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND; false restores engineio's own path."""
-    enabled = DIRECT_SEND[0] = settings.websocket_direct_send and WebSocket is not None
+    enabled = settings.websocket_direct_send and WebSocket is not None
     engineio_socket.Socket.direct = None
     engineio_socket.Socket.send = send if enabled else ENGINEIO_SEND
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
