@@ -41,10 +41,23 @@ def slot_number(name):
     return int(number)
 
 
+_ports_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free now and not handed out before by this process.
+
+    bind(0) may give the same port again once its socket is closed, so two ports picked
+    before either is listened on (Redis' and an instance's) could otherwise be one.
+    """
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+    raise StackError("no free port that was not handed out before")
 
 
 def port_is_free(port, host="127.0.0.1"):

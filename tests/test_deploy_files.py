@@ -16,7 +16,6 @@ import os
 import re
 import runpy
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from native_stack import free_port
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,12 +266,6 @@ def build_context(dest):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(Path(folder) / name, target)
     return dest
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def secrets_init_script(compose):
