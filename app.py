@@ -27,6 +27,7 @@ from realtime import (
     message_queue,
     metrics,
     pywsgi_speedups,
+    query_string,
     security,
     websocket_speedups,
     websocket_writes,
@@ -113,6 +114,7 @@ def create_app(settings=None):
     instrument.install(socketio, app)  # metrics and connection log lines
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
     pywsgi_speedups.install()  # pywsgi: plain request headers without the email package, fewer send() calls
+    query_string.install()  # python-engineio's parse_qs: a split when the query string has nothing to unquote
     connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
     websocket_writes.install(settings)  # packets for idle WebSockets go out from the loop, not via writer greenlets
     inline_handlers.install(socketio.server, settings)  # a WebSocket's events run in its reader until one waits

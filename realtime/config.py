@@ -167,6 +167,7 @@ class Settings:
     read_buffer_size: int = 4096  # READ_BUFFER_SIZE: bytes each connection holds for reads (connection_memory.py)
     websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: idle WebSockets' packets via the loop's outbox
     inline_handlers: bool = True  # INLINE_HANDLERS: a WebSocket's event runs in its reader until the handler waits
+    idle_event_greenlets: int = 100  # IDLE_EVENT_GREENLETS: greenlets kept to run events (0: a new one per event)
     # per-connection limits (realtime/limits.py); 0 turns a limit off
     event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
     event_burst: int = 100  # EVENT_BURST: bucket size
@@ -214,6 +215,7 @@ class Settings:
             read_buffer_size=env_number(env, "READ_BUFFER_SIZE", 4096, minimum=256),
             websocket_direct_send=env_bool(env, "WEBSOCKET_DIRECT_SEND", True),
             inline_handlers=env_bool(env, "INLINE_HANDLERS", True),
+            idle_event_greenlets=env_number(env, "IDLE_EVENT_GREENLETS", 100, minimum=0),
             event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),
             event_burst=env_number(env, "EVENT_BURST", 100, minimum=1),
             event_flood_disconnect=env_number(env, "EVENT_FLOOD_DISCONNECT", 500, minimum=0),

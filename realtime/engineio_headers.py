@@ -16,11 +16,11 @@ handshake instead (clients start with polling by default), or add them in HAProx
 (`http-response add-header Set-Cookie ... if { status 101 }`).
 """
 
-from urllib.parse import parse_qs
-
 from werkzeug.http import parse_cookie
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request
+
+from realtime.query_string import parse_qs
 
 
 class HookRequest(Request):
@@ -40,7 +40,22 @@ class HookRequest(Request):
 
     @cached_property
     def cookies(self):
-        return parse_cookie(self.environ.get("HTTP_COOKIE", ""), cls=self.dict_storage_class)
+        return parsed_cookies(self.environ.get("HTTP_COOKIE", ""), self.dict_storage_class)
+
+
+PARSED_COOKIES = {}  # Cookie header -> its (immutable) parse: a polling client sends the same one every time
+PARSED_COOKIES_KEPT = 2000
+
+
+def parsed_cookies(header, cls):
+    key = (header, cls)
+    parsed = PARSED_COOKIES.get(key)
+    if parsed is None:
+        parsed = parse_cookie(header, cls=cls)
+        if len(PARSED_COOKIES) >= PARSED_COOKIES_KEPT:
+            PARSED_COOKIES.clear()
+        PARSED_COOKIES[key] = parsed
+    return parsed
 
 
 def is_handshake(environ):

@@ -9,7 +9,8 @@ greenlet per event as before. So waiting handlers keep python-socketio's behavio
 - call() from a handler works: the new reader receives the client's answer.
 - The connection ends (disconnect handlers run) when its reader sees it end, even if the handler that waited
   never returns; its socket is closed once that handler returns (tests/test_inline_handlers.py).
-- Long-polling requests keep python-socketio's greenlet per event: a POST must not wait for its handlers.
+- Long-polling requests keep a greenlet per event (a POST must not wait for its handlers), a reused one
+  (realtime/event_greenlets.py, IDLE_EVENT_GREENLETS).
 """
 
 import logging
@@ -19,11 +20,11 @@ from engineio import exceptions as engineio_exceptions
 from engineio import packet as engineio_packet
 from gevent import getcurrent
 from gevent.event import AsyncResult
-from socketio import server as socketio_server
+
+from realtime.event_greenlets import EventGreenlets
 
 log = logging.getLogger(__name__)
 
-SOCKETIO_HANDLE_EVENT = socketio_server.Server._handle_event
 READERS = {}  # the greenlet running engineio's WebSocket handler -> its Reader
 
 
@@ -110,25 +111,35 @@ def stop_reading(reader):
 
 
 def handle_event(server, eio_sid, namespace, id, data):
-    """python-socketio's Server._handle_event; in a WebSocket's reading greenlet the handler runs right there."""
-    reader = READERS.get(getcurrent()) if server.async_handlers else None
-    if reader is None or reader.successor is not None:
-        return SOCKETIO_HANDLE_EVENT(server, eio_sid, namespace, id, data)
+    """python-socketio's Server._handle_event (with ASYNC_HANDLERS): in a WebSocket's reading greenlet the
+    handler runs right there; elsewhere in a greenlet of its own, a reused one (event_greenlets.py) if kept."""
     namespace = namespace or "/"
     sid = server.manager.sid_from_eio_sid(eio_sid, namespace)
     server.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
     if not server.manager.is_connected(sid, namespace):
         server.logger.warning("%s is not connected to namespace %s", sid, namespace)
         return None
-    reader.run(server._handle_event_internal, server, sid, eio_sid, data, namespace, id)
+    task = (server._handle_event_internal, server, sid, eio_sid, data, namespace, id)
+    reader = READERS.get(getcurrent())
+    if not server.async_handlers:  # turned off after install (Flask-SocketIO's test client does)
+        server._handle_event_internal(*task[1:])
+    elif reader is not None and reader.successor is None:
+        reader.run(*task)
+    elif server.event_greenlets is not None:
+        server.event_greenlets.spawn(*task)
+    else:
+        server.start_background_task(*task)
     return None
 
 
 def install(server, settings):
-    """INLINE_HANDLERS for this python-socketio server (ASYNC_HANDLERS=false runs every handler inline anyway)."""
-    enabled = settings.inline_handlers and server.async_handlers and server.eio.async_mode == "gevent"
-    server.eio.inline_handlers = enabled
-    if enabled:
+    """INLINE_HANDLERS and IDLE_EVENT_GREENLETS for this python-socketio server (with ASYNC_HANDLERS=false
+    every handler runs in its reader anyway)."""
+    gevent_handlers = server.async_handlers and server.eio.async_mode == "gevent"
+    server.eio.inline_handlers = gevent_handlers and settings.inline_handlers
+    keep = settings.idle_event_greenlets if gevent_handlers else 0
+    server.event_greenlets = EventGreenlets(keep) if keep else None
+    if server.eio.inline_handlers or server.event_greenlets is not None:
         server._handle_event = handle_event.__get__(server)
     else:
         server.__dict__.pop("_handle_event", None)
