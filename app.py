@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 
-from flask_socketio import SocketIO
 from werkzeug.http import dump_cookie
 
 from realtime import (
@@ -34,13 +33,13 @@ from realtime import (
 )
 from realtime.config import Settings
 from realtime.engineio_headers import EngineIOHeaders
-from realtime.event_context import RealtimeFlask
+from realtime.event_context import RealtimeFlask, RealtimeSocketIO
 from realtime.session_cache import CachedSerializerSessionInterface
 
 log = logging.getLogger("app")
 
 # One SocketIO object per process; create_app() binds it to the Flask app.
-socketio = SocketIO()
+socketio = RealtimeSocketIO()  # Flask-SocketIO, with a cheaper context setup per event
 events.register(socketio)
 demo.register(socketio)  # the demo page's /demo namespace
 # Headers (e.g. cookies) for Engine.IO responses; see realtime/engineio_headers.py.

@@ -149,3 +149,91 @@ def test_a_requests_uploaded_files_are_still_closed():
 
     assert app.test_client().post("/upload", data={"f": (BytesIO(b"data"), "f.txt")}).status_code == 200
     assert uploads[0].stream.closed
+
+
+def session_app(socketio_class, manage_session):
+    """Handlers that read and write the session, read request.*, fail, refuse, and take auth."""
+    import flask
+    import flask_socketio
+
+    app = RealtimeFlask(__name__)
+    app.config.update(SECRET_KEY="test")
+
+    @app.post("/login")
+    def login():
+        flask.session["user"] = "ada"
+        return "ok"
+
+    sio = socketio_class(app, manage_session=manage_session)
+
+    @sio.on("connect")
+    def connect(auth):
+        if auth == {"refuse": "socketio"}:
+            raise flask_socketio.ConnectionRefusedError("no")  # python-socketio's: the connection is refused
+        if auth == {"refuse": "builtin"}:
+            raise ConnectionRefusedError("no")  # Python's own: Flask-SocketIO gives it to the error handler
+        flask.session["auth"] = auth
+
+    @sio.on("look")
+    def look(data):
+        flask.session["count"] = flask.session.get("count", 0) + 1
+        return {
+            "session": dict(flask.session),
+            "sid_ok": flask.request.sid is not None,
+            "namespace": flask.request.namespace,
+            "event": flask.request.event,
+        }
+
+    @sio.on("fail")
+    def fail(data):
+        raise ValueError(data)
+
+    @sio.on_error_default
+    def on_error(error):
+        return {"error": repr(error)}
+
+    return app, sio
+
+
+def session_story(socketio_class, manage_session):
+    app, sio = session_app(socketio_class, manage_session)
+    http = app.test_client()
+    http.post("/login")
+    client = sio.test_client(app, flask_test_client=http, auth={"token": 1})
+    story = [client.emit("look", n, callback=True) for n in range(3)]
+    story.append(client.emit("fail", "bad", callback=True))
+    for refuse in ("socketio", "builtin"):
+        story.append(sio.test_client(app, flask_test_client=http, auth={"refuse": refuse}).is_connected())
+    story.append(http.get_cookie("session") is not None)
+    return story
+
+
+@pytest.mark.parametrize("manage_session", [True, False])
+def test_realtime_socketio_handles_events_as_flask_socketio_does(manage_session):
+    from realtime.event_context import RealtimeSocketIO, replicates_flask_socketio
+
+    assert replicates_flask_socketio()  # the pinned versions: the faster method is the one in use
+    assert RealtimeSocketIO._handle_event is not SocketIO._handle_event
+    ours = session_story(RealtimeSocketIO, manage_session)
+    assert ours == session_story(SocketIO, manage_session)
+    if manage_session:  # the connection's own copy: what connect and each event wrote stays
+        assert ours[0]["session"] == {"user": "ada", "auth": {"token": 1}, "count": 1}
+        assert ours[2]["session"]["count"] == 3
+    else:  # Flask's cookie session, read again for each event: the login's user only
+        assert ours[0]["session"] == ours[2]["session"] == {"user": "ada", "count": 1}
+    assert ours[0]["event"] == {"message": "look", "args": [0]} and ours[1]["namespace"] == "/"
+    assert ours[3] == {"error": "ValueError('bad')"} and ours[4:6] == [False, True]
+
+
+def test_other_flask_socketio_versions_keep_its_own_method(monkeypatch):
+    from realtime import event_context
+
+    monkeypatch.setattr(event_context, "FLASK_SOCKETIO_HANDLE_EVENT_SHA256", "0" * 64)
+    assert not event_context.replicates_flask_socketio()
+
+
+def test_the_template_app_uses_realtime_socketio():
+    from app import socketio
+    from realtime.event_context import RealtimeSocketIO
+
+    assert isinstance(socketio, RealtimeSocketIO)
