@@ -26,13 +26,15 @@ class EventGreenlets:
 
     def spawn(self, function, *args):
         """Run function(*args) in a greenlet of its own, soon (as gevent.spawn_raw), reusing an idle one."""
-        hub = gevent.get_hub()
+        gevent.get_hub().loop.run_callback(self.start, function, args)
+
+    def start(self, function, args):  # in the loop: an idle greenlet is taken only now, when it can run at once
         if self.idle:
             runner = self.idle.pop()
         else:
-            runner = greenlet(self.run, parent=hub)
+            runner = greenlet(self.run, parent=gevent.get_hub())
             self.made += 1
-        hub.loop.run_callback(runner.switch, function, args)
+        runner.switch(function, args)
 
     def run(self, function, args):
         while True:
