@@ -119,16 +119,17 @@ def handle_event(server, eio_sid, namespace, id, data):
     if not server.manager.is_connected(sid, namespace):
         server.logger.warning("%s is not connected to namespace %s", sid, namespace)
         return None
-    task = (server._handle_event_internal, server, sid, eio_sid, data, namespace, id)
-    reader = READERS.get(getcurrent())
+    handler, args = server._handle_event_internal, (server, sid, eio_sid, data, namespace, id)
     if not server.async_handlers:  # turned off after install (Flask-SocketIO's test client does)
-        server._handle_event_internal(*task[1:])
-    elif reader is not None and reader.successor is None:
-        reader.run(*task)
+        handler(*args)
+        return None
+    reader = READERS.get(getcurrent())
+    if reader is not None and reader.successor is None:
+        reader.run(handler, *args)
     elif server.event_greenlets is not None:
-        server.event_greenlets.spawn(*task)
+        server.event_greenlets.spawn(handler, *args)
     else:
-        server.start_background_task(*task)
+        server.start_background_task(handler, *args)
     return None
 
 

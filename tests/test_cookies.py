@@ -225,7 +225,7 @@ def test_handshakes_are_what_python_engineio_takes_for_one(method, query, handsh
 
 
 def test_handshakes_on_random_query_strings_are_what_parse_qs_gives():
-    """is_handshake reads plain query strings without parse_qs: the same answer on any mix of fields."""
+    """is_handshake reads query strings with realtime/query_string.py: urllib's answer on any mix of fields."""
     import random
     from urllib.parse import parse_qs
 
