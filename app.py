@@ -16,6 +16,7 @@ from realtime import (
     connection_memory,
     demo,
     emit_cli,
+    engineio_cors,
     events,
     health,
     inline_handlers,
@@ -114,6 +115,7 @@ def create_app(settings=None):
     websocket_speedups.install()  # C masking and UTF-8 checks, one send() per frame (gevent-websocket)
     pywsgi_speedups.install()  # pywsgi: plain request headers without the email package, fewer send() calls
     query_string.install()  # python-engineio's parse_qs: a split when the query string has nothing to unquote
+    engineio_cors.install(socketio.server.eio)  # no allowed-origins list made for requests without an Origin
     connection_memory.install(socketio, settings)  # ping timers, read buffers, kept headers and environs
     websocket_writes.install(settings)  # packets for idle WebSockets go out from the loop, not via writer greenlets
     inline_handlers.install(socketio.server, settings)  # a WebSocket's events run in its reader until one waits
