@@ -980,7 +980,10 @@ def main(argv):
             if not comparative:
                 break
             run_doc = {"run": run}
-            for system in systems:  # interleaved: A,B,C,A,B,C...
+            # interleaved, and each run starts one system later (A,B,C, B,C,A, C,A,B): a drift within runs does
+            # not always hit the same system, e.g. the last one
+            shift = (run - 1) % len(systems)
+            for system in systems[shift:] + systems[:shift]:
                 log(f"run {run}/{a.runs}: {system} ({a.replicas} processes)")
                 try:
                     running = Running(system, a.replicas, label=f"run{run}-{system}").__enter__()
