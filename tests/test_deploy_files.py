@@ -515,6 +515,41 @@ def test_haproxy_check_fails_on_an_empty_variable(compose):
     assert result.returncode != 0 and "maxconn" in result.stderr
 
 
+def haproxy_threads(tmp_path, **env):
+    """Nbthread of an HAProxy started from the repo's haproxy.cfg with env (no app servers), from `show info`."""
+    from native_stack import haproxy_command
+
+    sock = tmp_path / f"haproxy-{len(list(tmp_path.iterdir()))}.sock"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HAPROXY_BIND": f"127.0.0.1:{free_port()}",
+        "HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
+        "HAPROXY_RUNTIME_SOCKET": str(sock),
+        **env,
+    }
+    proc = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = haproxy_command(sock, "show info")
+        return int(re.search(r"^Nbthread: (\d+)$", info, re.M).group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@needs_haproxy
+def test_haproxy_runs_one_thread_unless_told(compose, tmp_path):
+    """HAPROXY_NBTHREAD (default 1: HAProxy shares the cores with the app processes); docker compose passes it
+    through. Control: the variable, not HAProxy's own default (a thread per CPU), gives the count."""
+    assert haproxy_threads(tmp_path) == 1
+    assert haproxy_threads(tmp_path, HAPROXY_NBTHREAD="2") == 2
+    assert "HAPROXY_NBTHREAD" in compose["services"]["haproxy"]["environment"]
+
+
 def test_haproxy_limits_and_stop_timeout(compose):
     haproxy = compose["services"]["haproxy"]
     maxconn = int(container_env(haproxy, {})["HAPROXY_MAXCONN"])
