@@ -517,7 +517,7 @@ def test_haproxy_check_fails_on_an_empty_variable(compose):
 
 def haproxy_threads(tmp_path, **env):
     """Nbthread of an HAProxy started from the repo's haproxy.cfg with env (no app servers), from `show info`."""
-    from native_stack import haproxy_command
+    from native_stack import haproxy_command, wait_for
 
     sock = tmp_path / f"haproxy-{len(list(tmp_path.iterdir()))}.sock"
     env = {
@@ -531,9 +531,7 @@ def haproxy_threads(tmp_path, **env):
         ["haproxy", "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: sock.exists() or proc.poll() is not None, 10, "HAProxy's runtime socket", interval=0.05)
         info = haproxy_command(sock, "show info")
         return int(re.search(r"^Nbthread: (\d+)$", info, re.M).group(1))
     finally:
