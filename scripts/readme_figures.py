@@ -89,11 +89,11 @@ def fmt_ratio(value):
 
 def single_runs(doc, scenario, key, other, line):
     """Each run's own template / other ratio (both measured in that run), and how many of them meet `line`."""
-    values = []
-    for run in doc["runs"]:
-        ours, theirs = (run.get(scenario, {}).get(system, {}).get(key) for system in ("template", other))
-        if ours is not None and theirs:
-            values.append(ours / theirs)
+    values = [
+        ratio(*(run.get(scenario, {}).get(system, {}).get(key) for system in ("template", other)))
+        for run in doc["runs"]
+    ]
+    values = [value for value in values if value is not None]
     if not values:
         return ""
     met = sum(value >= line for value in values)
