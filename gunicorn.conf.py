@@ -68,7 +68,7 @@ def on_starting(server):
         sys.exit("gunicorn.conf.py: refusing preload_app: it imports the app before gevent patches it.")
     # Check the app's settings here, in the master, so a bad one is one clear line, not a boot loop.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from realtime.config import ConfigError, Settings
+    from application.config import ConfigError, Settings
 
     try:
         Settings.from_env()
@@ -90,8 +90,8 @@ def on_starting(server):
 
 def post_worker_init(worker):
     """SIGTERM drains before gunicorn stops: readiness off, then sockets closed over a spread
-    (realtime/lifecycle.py); requests go to gunicorn's access log (realtime/access_log.py)."""
-    from realtime import access_log, lifecycle
+    (operations/lifecycle.py); requests go to gunicorn's access log (operations/access_log.py)."""
+    from operations import access_log, lifecycle
 
     lifecycle.install(worker)
     access_log.install(worker)

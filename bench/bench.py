@@ -3,7 +3,7 @@
 Every system is 2 server processes behind the repo's haproxy/haproxy.cfg (sticky on `io`) with one Redis,
 all started here on free 127.0.0.1 ports (scripts/native_stack.Stack) and stopped by pid at the end, on
 errors and on Ctrl-C. The load comes from bench/loadgen (Node socket.io-client 4.8, several processes).
-Results: bench/results/latest.json (raw + medians), latest.md (README table) and latest.png.
+Results: bench/results/latest.json (raw + medians), latest.md (the table of docs/performance.md) and latest.png.
 
     bench/run                 # full sizes, 3 runs
     bench/run --quick         # smoke run, < 2 minutes
@@ -124,6 +124,17 @@ SNAPSHOTS = []  # temporary exports of --template-ref, removed at the end
 ALT_ROOT = None  # --template-root: another checkout of the template, run as system `template_alt`
 
 
+def variant_env(system):
+    """`template+NAME=VALUE[+NAME=VALUE]`: the template with these settings, e.g. for an A/B of one speedup
+    (`template+SPEEDUPS_SKIP=query_string`); bench/ab_report.py compares each variant with `template`."""
+    if not system.startswith("template+"):
+        return {}
+    pairs = [item.partition("=") for item in system.split("+")[1:]]
+    if not all(name and sep for name, sep, _ in pairs):
+        raise SystemExit(f"system {system!r}: expected template+NAME=VALUE[+NAME=VALUE...]")
+    return {name: value for name, _, value in pairs}
+
+
 def make_stack(system, replicas, extra_env=None):
     env = base_env()
     env.update(APP_ENV="production", SECRET_KEY=secrets.token_hex(32))
@@ -132,6 +143,7 @@ def make_stack(system, replicas, extra_env=None):
     env.update(BENCH_HAPROXY_ENV)
     if system.startswith("template"):
         env.update(BENCH_TEMPLATE_ENV)
+    env.update(variant_env(system))
     env.update(extra_env or {})
     state_dir = tempfile.mkdtemp(prefix=f"bench-{system}-")
     port = native_stack.free_port()
@@ -139,7 +151,7 @@ def make_stack(system, replicas, extra_env=None):
         return load_native_stack(ALT_ROOT).Stack(
             state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON)
         )
-    if system in ("template", "template_tuned", "template_simplews"):
+    if system in ("template", "template_tuned", "template_simplews") or system.startswith("template+"):
         python = SIMPLEWS_PYTHON if system == "template_simplews" else TEMPLATE_PYTHON
         return native_stack.Stack(state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(python))
     return reference_stack_class(native_stack)(system, state_dir=state_dir, port=port, replicas=replicas, env=env)
@@ -810,7 +822,7 @@ def parse_args(argv):
         default="template,node,asgi",
         help="comma list of template, template_tuned (LOG_LEVEL=warning ASYNC_HANDLERS=false), template_alt "
         "(--template-root), template_simplews (the template on plain gevent + simple-websocket: "
-        "bench/.venv-simplews, no gevent-websocket), node, asgi",
+        "bench/.venv-simplews, no gevent-websocket), template+NAME=VALUE (the template with these settings, for A/Bs), node, asgi",
     )
     p.add_argument(
         "--template-ref",

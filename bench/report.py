@@ -1,4 +1,4 @@
-"""Render bench/results/latest.json as the README's markdown table (and, with --png, the plot).
+"""Render bench/results/latest.json as the markdown table of docs/performance.md (and, with --png, the plot).
 
     bench/.venv-asgi/bin/python bench/report.py bench/results/latest.json [--md out.md] [--png out.png]
 

@@ -5,7 +5,7 @@ repo's own wsgi.py, gunicorn.conf.py and haproxy/haproxy.cfg. Used by `scripts/s
 
 Environment: STACK_PORT (8080, HAProxy's public port), APP_REPLICAS (3), STACK_DIR (.stack/ in the repo),
 REDIS_URL (set it to use your own Redis instead of starting one); every other variable is passed to the
-app instances (see the README's configuration table).
+app instances (see docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ class Stack:
         surplus = sorted(state["apps"], key=lambda app: (alive(app), -slot_number(app["name"])))[:count]
         for app in surplus:
             # no new clients; the ones it has keep reaching it until its graceful stop closes their connections
-            # (realtime/lifecycle.py), then they reconnect to the others (option redispatch)
+            # (operations/lifecycle.py), then they reconnect to the others (option redispatch)
             self.runtime(state, f"set server app/{app['name']} state drain")
         for app in surplus:
             if alive(app):
@@ -458,7 +458,7 @@ class Stack:
         for pid in state["haproxy"].get("previous_pids", []):  # replaced by reload_haproxy, maybe still finishing
             if pid_alive(pid):
                 self.stop_pid(pid, timeout=5)
-        # HAProxy is gone, so there is nothing to drain (realtime/lifecycle.py): gunicorn's quick stop (SIGINT),
+        # HAProxy is gone, so there is nothing to drain (operations/lifecycle.py): gunicorn's quick stop (SIGINT),
         # all instances at the same time
         stoppers = [
             threading.Thread(target=self.stop_pid, args=(app["pid"], 25, signal.SIGINT))

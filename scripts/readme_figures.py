@@ -1,10 +1,12 @@
-"""Writes the README's measured figures from the scripts' own result files, so no figure is typed by hand:
+"""Writes the measured figures of the README and docs/ from the scripts' own result files, so no figure is typed
+by hand:
 
-- the fault table, from docs/faults.json (measured by scripts/measure_faults.py);
-- the benchmark tables and the capacity note, from bench/results/latest.json (measured by bench/run).
+- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py);
+- docs/performance.md: the goals, the before/after table and the benchmark tables, from bench/results/*.json
+  (measured by bench/run); docs/scaling.md: the capacity table; README.md: the headline figures.
 
-    .venv/bin/python scripts/readme_figures.py          # rewrite the README's marked sections
-    .venv/bin/python scripts/readme_figures.py --check  # exit 1 if the README is out of date (a test runs it)
+    .venv/bin/python scripts/readme_figures.py          # rewrite the marked sections of those files
+    .venv/bin/python scripts/readme_figures.py --check  # exit 1 if one of them is out of date (a test runs it)
 """
 
 import json
@@ -12,7 +14,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 
@@ -166,8 +167,8 @@ def goals_table():
         lines += [
             "",
             'Not shipped, for comparison: "Template tuned" (`ASYNC_HANDLERS=false LOG_LEVEL=warning`, see '
-            f"Configuration for what it costs): WebSocket echo {fmt_ratio(echo_tuned)} Node, long-polling echo "
-            f"{fmt_ratio(poll_tuned)} ASGI.",
+            "[configuration.md](configuration.md) for what it costs): "
+            f"WebSocket echo {fmt_ratio(echo_tuned)} Node, long-polling echo {fmt_ratio(poll_tuned)} ASGI.",
         ]
     if "template_simplews" in doc["medians"].get("echo_ws", {}):
         echo_sw = ratio(get("echo_ws", "template_simplews", "echo_per_s"), get("echo_ws", "template", "echo_per_s"))
@@ -229,20 +230,61 @@ def tuning_table():
     return "\n".join(lines)
 
 
-SECTIONS = {
-    "faults": fault_table,
-    "bench": bench_tables,
-    "capacity": capacity_note,
-    "goals": goals_table,
-    "tuning": tuning_table,
+def headline():
+    """The README's few figures: the shipped template against Node's socket.io and python-socketio on ASGI."""
+    doc = load("latest.json")
+
+    def get(scenario, system, key):
+        return median(doc, scenario, system, key)
+
+    echo = get("echo_ws", "template", "echo_per_s")
+    parts = [
+        f"WebSocket echo {echo:,.0f}/s, {fmt_ratio(ratio(echo, get('echo_ws', 'node', 'echo_per_s')))} "
+        "Node's socket.io",
+        "long-polling echo "
+        + fmt_ratio(ratio(get("echo_polling", "template", "echo_per_s"), get("echo_polling", "asgi", "echo_per_s")))
+        + " python-socketio's on ASGI",
+    ]
+    ours, node = (get("broadcast_ceiling", s, "ceiling_deliveries_per_s") for s in ("template", "node"))
+    if ours is not None and node is not None:
+        parts.append(
+            f"broadcasts up to {ours:,.0f} deliveries/s, all delivered at p99 < "
+            f"{doc['sizes'].get('ceiling_p99_ms', 100):g} ms (Node {node:,.0f}/s)"
+        )
+    per_conn = [get("connect", s, "app_rss_kb_per_conn") for s in ("template", "node")]
+    if None not in per_conn:
+        parts.append(f"{per_conn[0]:.0f} KB of app memory per connection (Node {per_conn[1]:.0f} KB)")
+    text = (
+        f"Measured by `bench/run` on one {doc['machine']['nproc']}-core machine ({doc['machine']['date'][:10]}, "
+        f"template {doc['machine']['template_git'].split(' ')[0]}; every system as {doc['sizes']['replicas']} "
+        f"processes behind the same HAProxy configuration and one Redis; medians of {doc['sizes']['runs']} runs): "
+        + "; ".join(parts)
+        + "."
+    )
+    shipped = next((c for c in doc.get("capacity", []) if c["variant"] == "shipped"), None)
+    if shipped:
+        text += (
+            f" In a separate run, {shipped['processes']} instances held {shipped['alive_after_hold']:,} of "
+            f"{shipped['clients']:,} WebSocket clients ({shipped['failures']:,} failures)."
+        )
+    return text
+
+
+# Which generated sections each file holds, between <!-- figures:NAME (scripts/readme_figures.py) --> and
+# <!-- /figures:NAME -->.
+TARGETS = {
+    "README.md": {"headline": headline},
+    "docs/performance.md": {"goals": goals_table, "tuning": tuning_table, "bench": bench_tables},
+    "docs/scaling.md": {"capacity": capacity_note},
+    "docs/operations.md": {"faults": fault_table},
 }
 
 
-def render(text):
-    for name, make in SECTIONS.items():
+def render(text, sections, path):
+    for name, make in sections.items():
         begin, end = f"<!-- figures:{name} (scripts/readme_figures.py) -->", f"<!-- /figures:{name} -->"
         if begin not in text or end not in text:
-            raise SystemExit(f"README.md lacks the markers {begin} ... {end}")
+            raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
         head, rest = text.split(begin, 1)
         tail = rest.split(end, 1)[1]
         text = f"{head}{begin}\n{make()}\n{end}{tail}"
@@ -250,14 +292,20 @@ def render(text):
 
 
 def main(argv):
-    current = README.read_text()
-    wanted = render(current)
-    if "--check" in argv:
-        if wanted != current:
-            print("README.md figures are out of date: run .venv/bin/python scripts/readme_figures.py")
-            return 1
-        return 0
-    README.write_text(wanted)
+    stale = []
+    for path, sections in TARGETS.items():
+        current = (ROOT / path).read_text()
+        wanted = render(current, sections, path)
+        if wanted == current:
+            continue
+        if "--check" in argv:
+            stale.append(path)
+        else:
+            (ROOT / path).write_text(wanted)
+            print(f"wrote the figures in {path}")
+    if stale:
+        print(f"figures out of date in {', '.join(stale)}: run .venv/bin/python scripts/readme_figures.py")
+        return 1
     return 0
 
 

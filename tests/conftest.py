@@ -16,7 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from native_stack import Stack, free_port  # noqa: E402
 
-from realtime.config import Settings  # noqa: E402
+from application.config import Settings  # noqa: E402
 
 
 def stack_env(**overrides):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from realtime.config import ConfigError, CookieSettings, Settings
+from application.config import ConfigError, CookieSettings, Settings
 
 DEV = {"APP_ENV": "development"}
 
@@ -128,7 +128,7 @@ def test_health_routes(app):
 
 
 def test_readyz_turns_503_while_draining(app):
-    from realtime import health
+    from operations import health
 
     health.draining.set()
     try:

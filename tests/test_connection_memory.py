@@ -1,4 +1,4 @@
-"""realtime/connection_memory.py: what an open connection keeps. Each cut is checked on what it removes (a
+"""patches/connection_memory.py: what an open connection keeps. Each cut is checked on what it removes (a
 greenlet, buffer bytes, an object), with its control; end-to-end, pings still flow through a real stack."""
 
 import gc
@@ -17,8 +17,8 @@ from engineio import socket as engineio_socket
 from geventwebsocket.handler import WebSocketHandler
 from greenlet import greenlet
 
-from realtime import connection_memory, websocket_speedups
-from realtime.config import Settings
+from application.config import Settings
+from patches import connection_memory, websocket_speedups
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 

@@ -13,8 +13,8 @@ import websocket
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from realtime.config import ConfigError, Settings
-from realtime.engineio_headers import HookRequest
+from application.config import ConfigError, Settings
+from operations.engineio_headers import HookRequest
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 
@@ -219,17 +219,17 @@ def test_hook_requests_are_werkzeug_requests_made_on_first_use():
     ],
 )
 def test_handshakes_are_what_python_engineio_takes_for_one(method, query, handshake):
-    from realtime.engineio_headers import is_handshake
+    from operations.engineio_headers import is_handshake
 
     assert is_handshake({"REQUEST_METHOD": method, "QUERY_STRING": query}) is handshake
 
 
 def test_handshakes_on_random_query_strings_are_what_parse_qs_gives():
-    """is_handshake reads query strings with realtime/query_string.py: urllib's answer on any mix of fields."""
+    """is_handshake reads query strings with patches/query_string.py: urllib's answer on any mix of fields."""
     import random
     from urllib.parse import parse_qs
 
-    from realtime.engineio_headers import is_handshake
+    from operations.engineio_headers import is_handshake
 
     rng = random.Random(5)
     parts = ["sid", "sid=", "sid=a", "sid=a=b", "xsid=1", "sidx=2", "s%69d=3", "si+d=4", "sid=%20", "=", "", "&", "t=P"]
@@ -240,7 +240,7 @@ def test_handshakes_on_random_query_strings_are_what_parse_qs_gives():
 
 
 def test_hook_requests_share_one_parse_per_cookie_header_and_keep_it_bounded():
-    from realtime import engineio_headers
+    from operations import engineio_headers
 
     def cookies(header):
         return HookRequest({"HTTP_COOKIE": header}).cookies
@@ -255,14 +255,14 @@ def test_hook_requests_share_one_parse_per_cookie_header_and_keep_it_bounded():
 
 
 def test_engineio_reads_query_strings_as_parse_qs_does():
-    """realtime/query_string.py: python-engineio's parse_qs gives urllib's answer on random query strings."""
+    """patches/query_string.py: python-engineio's parse_qs gives urllib's answer on random query strings."""
     import random
     import urllib.parse
     import urllib.request
 
     from engineio import server as engineio_server
 
-    from realtime import query_string
+    from patches import query_string
 
     query_string.install()
     assert engineio_server.urllib.parse.parse_qs is query_string.parse_qs

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import socketio
 
-from realtime import demo, presence
-from realtime.config import Settings
+from application import demo
+from application.config import Settings
+from operations import presence
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -64,7 +65,7 @@ def test_page_loads_the_vendored_socketio_client_and_no_cdn(app):
 
 def test_missing_vendor_file_gives_clear_error_page_and_log_line(app, monkeypatch, caplog):
     monkeypatch.setattr(demo, "VENDOR_JS", Path("vendor") / "not-built.js")
-    with caplog.at_level("ERROR", logger="realtime.demo"):
+    with caplog.at_level("ERROR", logger="application.demo"):
         page = app.test_client().get("/")
     assert page.status_code == 503
     assert "npm ci" in page.get_data(as_text=True) and "npm run build" in page.get_data(as_text=True)

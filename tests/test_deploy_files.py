@@ -594,10 +594,10 @@ def test_secrets_init_generates_keeps_and_overrides(compose, tmp_path, dockerfil
     assert (tmp_path / "redis_password").read_text().strip() == values["redis_password"]
     assert not list(tmp_path.glob(".*.tmp"))
 
-    # the app reads both files (realtime/config.py) and puts the password into the Redis URL
+    # the app reads both files (application/config.py) and puts the password into the Redis URL
     sys.path.insert(0, str(ROOT))
     try:
-        from realtime.config import Settings
+        from application.config import Settings
     finally:
         sys.path.remove(str(ROOT))
     env = dict(
@@ -784,7 +784,7 @@ def test_dockerignore_keeps_the_app_and_drops_secrets_and_clutter():
         "wsgi.py",
         "gunicorn.conf.py",
         "requirements.txt",
-        "realtime/config.py",
+        "application/config.py",
         "templates/index.html",
         "static/app.js",
         "package.json",
@@ -799,7 +799,7 @@ def test_dockerignore_keeps_the_app_and_drops_secrets_and_clutter():
         ".stack/state.json",
         "node_modules/socket.io-client/package.json",
         "static/vendor/socket.io.min.js",
-        "realtime/__pycache__/config.cpython-311.pyc",
+        "application/__pycache__/config.cpython-311.pyc",
         "tests/test_app.py",
         "certs/server.key",
     ):

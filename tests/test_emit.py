@@ -1,4 +1,4 @@
-"""Emitting from outside the app: `flask --app app emit`, `python -m realtime.emit_cli` and the Python snippet of
+"""Emitting from outside the app: `flask --app app emit`, `python -m application.emit_cli` and the Python snippet of
 docs/extending.md, against a running stack whose clients are connected through HAProxy."""
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.emit_cli import emit
+from application.emit_cli import emit
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -45,7 +45,7 @@ def test_without_redis_url_is_exit_code_1(app):
 def test_unreachable_redis_is_exit_code_1():
     from native_stack import free_port
 
-    result = run([sys.executable, "-m", "realtime.emit_cli", "x", "1"], f"redis://127.0.0.1:{free_port()}/0")
+    result = run([sys.executable, "-m", "application.emit_cli", "x", "1"], f"redis://127.0.0.1:{free_port()}/0")
     assert result.returncode == 1 and "cannot reach Redis" in result.stderr
 
 
@@ -91,7 +91,7 @@ def test_flask_emit_to_a_room_reaches_only_its_members(stack, listeners):
 
 def test_module_form_without_the_app(stack, listeners):
     group, _room = listeners
-    result = run([sys.executable, "-m", "realtime.emit_cli", "news", "[1, 2, 3]"], stack.status()["redis"]["url"])
+    result = run([sys.executable, "-m", "application.emit_cli", "news", "[1, 2, 3]"], stack.status()["redis"]["url"])
     assert result.returncode == 0, result.stderr
     assert group[0].wait_for("news", lambda data: data == [1, 2, 3])
 

@@ -1,11 +1,11 @@
-"""realtime/engineio_cors.py: python-engineio's CORS answers (headers, and the refusal of a foreign origin) are
+"""patches/engineio_cors.py: python-engineio's CORS answers (headers, and the refusal of a foreign origin) are
 the same with the allowed-origins list skipped for requests without an Origin header, for every kind of
 cors_allowed_origins setting; and the template's app installs it."""
 
 import engineio
 import pytest
 
-from realtime import engineio_cors
+from patches import engineio_cors
 
 ENVIRONS = [
     {"REQUEST_METHOD": method, "wsgi.url_scheme": "http", "HTTP_HOST": "app.example", **extra}
@@ -33,7 +33,7 @@ def handshake_status(server, environ):
 def test_same_cors_answers_as_python_engineio(allowed, credentials):
     engineios = engineio.Server(cors_allowed_origins=allowed, cors_credentials=credentials)
     ours = engineio.Server(cors_allowed_origins=allowed, cors_credentials=credentials)
-    engineio_cors.install(ours)
+    engineio_cors.install_on(ours)
     statuses = set()
     for environ in ENVIRONS:
         assert ours._cors_headers(dict(environ)) == engineios._cors_headers(dict(environ)), environ
@@ -50,7 +50,7 @@ def test_the_list_is_not_made_without_an_origin_header(monkeypatch):
         engineio_cors, "ENGINEIO_CORS_ALLOWED_ORIGINS", lambda server, environ: made.append(environ) or []
     )
     server = engineio.Server(cors_allowed_origins=None)
-    engineio_cors.install(server)
+    engineio_cors.install_on(server)
     server._cors_headers(dict(ENVIRONS[0]))
     assert made == []
     server._cors_headers(dict(ENVIRONS[1]))

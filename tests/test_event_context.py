@@ -1,4 +1,4 @@
-"""realtime/event_context.py: Socket.IO events bind and match the URL once per connection, and handlers and
+"""patches/event_context.py: Socket.IO events bind and match the URL once per connection, and handlers and
 HTTP routes see exactly what plain Flask gives them."""
 
 import pytest
@@ -6,7 +6,7 @@ from flask import Flask, request, url_for
 from flask_socketio import SocketIO
 from werkzeug.routing import Map
 
-from realtime.event_context import RealtimeFlask
+from patches.event_context import RealtimeFlask
 
 
 def build(flask_class, **config):
@@ -76,13 +76,16 @@ def test_events_bind_the_url_once_per_connection(monkeypatch):
 
 
 def test_the_template_app_uses_it(app):
-    assert isinstance(app, RealtimeFlask)
+    from patches import event_context
+
+    assert app.request_context.__func__ is event_context.request_context
+    assert app.request_class is event_context.RealtimeRequest
 
 
 def test_the_kept_route_holds_no_frames():
     """The route is kept for the connection's lifetime: a NotFound with its traceback (and NoMatch's, as its
     context) would keep the connect handler's frames alive, about 8 KB per connection."""
-    from realtime.event_context import ROUTE
+    from patches.event_context import ROUTE
 
     app, sio = build(RealtimeFlask)
     client = sio.test_client(app)
@@ -210,7 +213,7 @@ def session_story(socketio_class, manage_session):
 
 @pytest.mark.parametrize("manage_session", [True, False])
 def test_realtime_socketio_handles_events_as_flask_socketio_does(manage_session):
-    from realtime.event_context import RealtimeSocketIO, replicates_flask_socketio
+    from patches.event_context import RealtimeSocketIO, replicates_flask_socketio
 
     assert replicates_flask_socketio()  # the pinned versions: the faster method is the one in use
     assert RealtimeSocketIO._handle_event is not SocketIO._handle_event
@@ -226,14 +229,14 @@ def test_realtime_socketio_handles_events_as_flask_socketio_does(manage_session)
 
 
 def test_other_flask_socketio_versions_keep_its_own_method(monkeypatch):
-    from realtime import event_context
+    from patches import event_context
 
     monkeypatch.setattr(event_context, "FLASK_SOCKETIO_HANDLE_EVENT_SHA256", "0" * 64)
     assert not event_context.replicates_flask_socketio()
 
 
-def test_the_template_app_uses_realtime_socketio():
+def test_the_template_app_uses_realtime_socketio(app):
     from app import socketio
-    from realtime.event_context import RealtimeSocketIO
+    from patches.event_context import RealtimeSocketIO
 
-    assert isinstance(socketio, RealtimeSocketIO)
+    assert socketio._handle_event.__func__ is RealtimeSocketIO._handle_event

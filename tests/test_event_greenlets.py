@@ -1,4 +1,4 @@
-"""realtime/event_greenlets.py: events that get a greenlet of their own (every long-polling event) run in reused
+"""patches/event_greenlets.py: events that get a greenlet of their own (every long-polling event) run in reused
 greenlets, as concurrently as in new ones, each in a fresh contextvars context; at most IDLE_EVENT_GREENLETS
 wait idle. Then the template's app over long-polling, with IDLE_EVENT_GREENLETS=0 as the control."""
 
@@ -12,9 +12,9 @@ import pytest
 import socketio
 from gevent import getcurrent
 
-from realtime import inline_handlers
-from realtime.config import Settings
-from realtime.event_greenlets import EventGreenlets
+from application.config import Settings
+from patches import inline_handlers
+from patches.event_greenlets import EventGreenlets
 
 DEV = {"APP_ENV": "development"}
 
@@ -82,7 +82,7 @@ def test_each_event_starts_in_a_fresh_context_as_in_a_new_greenlet():
 
 def test_an_error_ends_only_its_event_and_the_greenlet_is_reused(caplog):
     pool = EventGreenlets(keep_idle=10)
-    caplog.set_level(logging.ERROR, logger="realtime.event_greenlets")
+    caplog.set_level(logging.ERROR, logger="patches.event_greenlets")
     failed = gevent.event.Event()
 
     def fails():
@@ -108,7 +108,7 @@ def test_an_idle_greenlet_woken_by_anything_else_ends_and_leaves_the_idle_list()
 def make_server(**env):
     settings = Settings.from_env({**DEV, **env})
     server = socketio.Server(async_mode="gevent", async_handlers=settings.async_handlers)
-    inline_handlers.install(server, settings)
+    inline_handlers.install_on(server, settings)
     return server
 
 

@@ -107,7 +107,7 @@ def test_haproxy_config_keeps_the_settings_these_tests_rely_on():
 
 
 def test_drain_and_spread_are_cut_to_fit_graceful_timeout():
-    from realtime.lifecycle import fit
+    from operations.lifecycle import fit
 
     assert fit(3, 10, 20) == (3, 10)  # the defaults fit GRACEFUL_TIMEOUT=20 with 3s to spare
     assert fit(10, 10, 20) == (8.5, 8.5)

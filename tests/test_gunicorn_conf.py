@@ -116,7 +116,7 @@ def test_without_gevent_websocket_refuses_other_worker_classes(tmp_path):
 @pytest.mark.parametrize("access_log", ["-", ""])
 def test_access_log_is_gunicorns_and_follows_access_log(tmp_path, access_log):
     """gevent-websocket's handler logged every request itself, whatever ACCESS_LOG said
-    (realtime/access_log.py): now ACCESS_LOG=- logs in ACCESS_LOG_FORMAT, and the default logs nothing."""
+    (operations/access_log.py): now ACCESS_LOG=- logs in ACCESS_LOG_FORMAT, and the default logs nothing."""
     proc, port, log = start(tmp_path, ACCESS_LOG=access_log)
     try:
         wait_healthy(port)

@@ -1,4 +1,4 @@
-"""realtime/inline_handlers.py: a WebSocket's events run in the greenlet that read them until a handler waits;
+"""patches/inline_handlers.py: a WebSocket's events run in the greenlet that read them until a handler waits;
 then a new greenlet reads the connection, so a waiting handler holds up none of the client's other events.
 A real python-socketio Server with python-engineio's own WebSocket handler, the client's side a queue; then
 through a real stack, a handler waiting on a stopped Redis, with ASYNC_HANDLERS=false as the control."""
@@ -15,15 +15,17 @@ from engineio import socket as engineio_socket
 from gevent import getcurrent
 from socketio import packet as socketio_packet
 
-from realtime import inline_handlers, websocket_writes
-from realtime.config import Settings
+from application.config import Settings
+from patches import inline_handlers, websocket_writes
 
 DEV = {"APP_ENV": "development"}
 
 
 @pytest.fixture(autouse=True)
 def writes_installed():
-    websocket_writes.install(Settings.from_env(DEV))  # the WebSocket handler that sets up a connection's Reader
+    websocket_writes.install(
+        None, None, Settings.from_env(DEV)
+    )  # the WebSocket handler that sets up a connection's Reader
     yield
 
 
@@ -82,7 +84,7 @@ class Connection:
 
 def make_server(inline=True, **env):
     server = socketio.Server(async_mode="gevent")
-    inline_handlers.install(server, Settings.from_env({**DEV, "INLINE_HANDLERS": str(inline).lower(), **env}))
+    inline_handlers.install_on(server, Settings.from_env({**DEV, "INLINE_HANDLERS": str(inline).lower(), **env}))
     return server
 
 
@@ -191,7 +193,7 @@ def test_an_error_in_a_handler_ends_neither_the_connection_nor_its_reading(caplo
     server.on("fail", lambda sid: 1 / 0)
     server.on("echo", lambda sid, data: data)
     conn = Connection(server)
-    with caplog.at_level(logging.ERROR, logger="realtime.inline_handlers"):
+    with caplog.at_level(logging.ERROR, logger="patches.inline_handlers"):
         conn.ws.emit("fail", ack_id=1)
         conn.ws.emit("echo", "still here", ack_id=2)
         assert conn.ack() == (2, ["still here"])

@@ -1,4 +1,4 @@
-"""realtime/json_codec.py: orjson where it answers as python-engineio's json module would, that module
+"""patches/json_codec.py: orjson where it answers as python-engineio's json module would, that module
 elsewhere."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 from engineio import json as engineio_json
 from markupsafe import Markup
 
-from realtime import json_codec
+from patches import json_codec
 
 VALUES = [
     None,

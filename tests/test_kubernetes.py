@@ -15,14 +15,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from realtime.config import ConfigError, Settings
+from application.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml")
 # the oldest Kubernetes release still commonly run, and the newest whose schemas the package ships
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
-# Engine.IO's defaults (realtime/config.py): a proxy must keep an idle request longer than their sum
+# Engine.IO's defaults (application/config.py): a proxy must keep an idle request longer than their sum
 PING_SUM = Settings.ping_interval + Settings.ping_timeout
 
 
@@ -119,9 +119,9 @@ def test_app_deployment_probes_secrets_and_graceful_stop():
 
 
 def test_app_env_names_are_settings_the_app_reads():
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", readme, re.M))
-    documented |= set(re.findall(r"^\| `[A-Z0-9_]+` / `([A-Z][A-Z0-9_]+)`", readme, re.M))
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", table, re.M))
+    documented |= set(re.findall(r"^\| `[A-Z0-9_]+` / `([A-Z][A-Z0-9_]+)`", table, re.M))
     assert set(env_of(app_container())) <= documented
 
 

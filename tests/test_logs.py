@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import socketio
 
-from realtime import logs
-from realtime.config import ConfigError, Settings
+from application.config import ConfigError, Settings
+from operations import logs
 
 
 def record(msg="connect", level=logging.INFO, **fields):

@@ -11,8 +11,8 @@ from flask import Flask
 from flask_socketio import ConnectionRefusedError, SocketIO
 from prometheus_client.parser import text_string_to_metric_families
 
-from realtime import instrument, metrics
-from realtime.config import Settings
+from application.config import Settings
+from operations import instrument, metrics
 
 INSTANCE_METRICS = {  # family name: type
     "socketio_connected_clients": "gauge",
@@ -81,9 +81,9 @@ def private_app():
 
 def test_the_hooks_are_installed_on_the_pinned_library_internals(private_app):
     app, server = private_app
-    assert server.server._trigger_event.__qualname__.startswith("_wrap_trigger_event")
+    assert server.server._trigger_event.__module__ == "patches.socketio_hooks"  # pinned: see its tests
     assert server.server.emit.__qualname__.startswith("_wrap_emit")
-    assert server.server.eio._bad_request.__qualname__.startswith("_wrap_bad_request")
+    assert server.server.eio._bad_request.__module__ == "patches.socketio_hooks"
     assert any(isinstance(f, instrument.QueueErrorCounter) for f in server.server.logger.filters)
     wrapped = server.server.emit
     instrument.install(server, app)  # a second call wraps nothing twice
@@ -142,7 +142,7 @@ def test_message_queue_errors_are_counted(manager_class):
     """A real manager whose Redis is a closed port: the publish of an emit is dropped and counted."""
     from native_stack import free_port
 
-    from realtime.message_queue import QueueManager
+    from operations.message_queue import QueueManager
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     manager = socketio.RedisManager(url) if manager_class == "stock" else QueueManager(url)

@@ -1,4 +1,4 @@
-"""realtime/pywsgi_speedups.py: pywsgi gets the same header message as from the email package's parser (gevent's
+"""patches/pywsgi_speedups.py: pywsgi gets the same header message as from the email package's parser (gevent's
 own headers_factory), on the requests real clients send and on random and malformed ones; responses are the
 same bytes as gevent's, in fewer send() calls; and the template's app installs both (every test through a real
 stack then runs on them)."""
@@ -12,7 +12,7 @@ import gevent.socket
 import pytest
 from gevent import pywsgi
 
-from realtime import pywsgi_speedups
+from patches import pywsgi_speedups
 
 CHROMIUM_POLL = (
     b'Host: 127.0.0.1:8080\r\nConnection: keep-alive\r\nsec-ch-ua-platform: "Linux"\r\n'

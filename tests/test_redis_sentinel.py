@@ -11,8 +11,8 @@ import socketio
 from conftest import stack_env
 from native_stack import Stack, free_port, port_is_free, wait_for
 
-from realtime.config import ConfigError, Settings, mask_url_password
-from realtime.message_queue import close_client, parse_sentinel_url, redis_client
+from application.config import ConfigError, Settings, mask_url_password
+from operations.message_queue import close_client, parse_sentinel_url, redis_client
 
 SERVICE = "mymaster"
 

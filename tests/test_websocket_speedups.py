@@ -1,4 +1,4 @@
-"""realtime/websocket_speedups.py gives the same bytes as gevent-websocket's own code, only faster."""
+"""patches/websocket_speedups.py gives the same bytes as gevent-websocket's own code, only faster."""
 
 import os
 import random
@@ -9,7 +9,7 @@ import pytest
 from geventwebsocket import utf8validator
 from geventwebsocket import websocket as gws
 
-from realtime import websocket_speedups
+from patches import websocket_speedups
 
 ORIGINAL_MASK = gws.Header.mask_payload
 
@@ -103,7 +103,7 @@ def websocket_over_socketpair(speedup, sent_before):
     counter = CountingSocket(server_end._sock)
     server_end._sock = counter
     handler = type("Handler", (), {"socket": server_end, "rfile": server_end.makefile("rb", 4096), "logger": None})()
-    if speedup:  # as realtime/connection_memory.py does when pywsgi's handler starts
+    if speedup:  # as patches/connection_memory.py does when pywsgi's handler starts
         websocket_speedups.read_after_wait(handler.rfile, server_end)
     peer.sendall(sent_before)
     assert handler.rfile.peek(1)  # in the reader's buffer now, as pywsgi may leave it after the request

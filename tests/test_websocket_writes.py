@@ -1,4 +1,4 @@
-"""realtime/websocket_writes.py: packets for an idle WebSocket go out from the event loop's outbox, and a client
+"""patches/websocket_writes.py: packets for an idle WebSocket go out from the event loop's outbox, and a client
 that does not read holds up no one. Real engineio Sockets and python-engineio's own WebSocket handler over a
 real socket pair, the peer parsing frames the way a client would; then the same through a real stack."""
 
@@ -23,8 +23,8 @@ from engineio import socket as engineio_socket
 from geventwebsocket import websocket as gws
 from prometheus_client.parser import text_string_to_metric_families
 
-from realtime import websocket_speedups, websocket_writes
-from realtime.config import Settings
+from application.config import Settings
+from patches import websocket_speedups, websocket_writes
 
 log = logging.getLogger("test_websocket_writes")
 
@@ -32,9 +32,9 @@ log = logging.getLogger("test_websocket_writes")
 @pytest.fixture(autouse=True)
 def installed():
     websocket_speedups.install()
-    websocket_writes.install(Settings.from_env({"APP_ENV": "development"}))
+    websocket_writes.install(None, None, Settings.from_env({"APP_ENV": "development"}))
     yield
-    websocket_writes.install(Settings.from_env({"APP_ENV": "development"}))
+    websocket_writes.install(None, None, Settings.from_env({"APP_ENV": "development"}))
 
 
 class Client:
@@ -115,7 +115,9 @@ def test_a_packet_for_an_idle_websocket_is_sent_by_the_loop_not_its_writer():
 
 
 def test_control_with_the_setting_off_packets_go_through_the_writer_queue():
-    websocket_writes.install(Settings.from_env({"APP_ENV": "development", "WEBSOCKET_DIRECT_SEND": "false"}))
+    websocket_writes.install(
+        None, None, Settings.from_env({"APP_ENV": "development", "WEBSOCKET_DIRECT_SEND": "false"})
+    )
     assert engineio_socket.Socket.send is websocket_writes.ENGINEIO_SEND
     client = Client()
     sock, handler = open_socket(client, direct=False)

@@ -11,7 +11,7 @@ import re
 import redis
 from flask import Blueprint, current_app, jsonify, request, session
 
-from realtime.message_queue import redis_client
+from operations.message_queue import redis_client
 
 bp = Blueprint("auth", __name__)
 

@@ -19,19 +19,24 @@
 - **Unknown events**: a catch-all handler acks `{"error": "unknown event '<name>'"}`.
 - **Handler exceptions**: the ack is `{"error": "internal error"}` (or the message of a `ClientError`);
   the traceback is logged, at most once per event name per 10 seconds (then one line with a count).
+- **Engine.IO-level garbage** (an empty frame, a packet type that is not a digit or is unknown, JSON nested
+  too deep): patches/engineio_packets.py turns it into a CLOSE of that client's session (it replaces
+  python-engineio's `Packet.decode`, so it is pinned: with another python-engineio version it stays off and
+  python-engineio's own handling runs). A POST to a session closed meanwhile gets 400, not a 500
+  (`guard_requests`, on the public `handle_request`).
 """
 
 from __future__ import annotations
 
-import binascii
 import logging
 import re
 import time
 
-from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-log = logging.getLogger("realtime.limits")
+from patches import engineio_packets
+
+log = logging.getLogger("operations.limits")
 
 WINDOW = 10.0  # seconds: flood counting window, and log throttling
 YIELD_EVERY = 50  # refused packets between two yields to the other greenlets
@@ -253,74 +258,19 @@ class ErrorHandler:
         return False if event == "connect" else {"error": "internal error"}
 
 
-class EngineIOGarbage:
-    """Engine.IO-level garbage, which python-engineio 4.15 handles badly:
+def guard_requests(eio):
+    """A POST to an Engine.IO session closed meanwhile makes python-engineio raise KeyError (a 500 and a
+    traceback): it gets a 400 instead. Wraps the public `handle_request` of this server object."""
+    original = eio.handle_request
 
-    - It decodes each WebSocket frame or polling packet unguarded: an empty frame, a type that is not a
-      digit, or JSON nested too deep raise. Over WebSocket that kills the connection's handler (gevent
-      prints a traceback, the session lingers until its ping timeout); over polling it logs "post request
-      handler error" with a traceback.
-    - An unknown packet type (7-9) sent by polling makes the POST handler disconnect the session and wait
-      until the client has read the CLOSE packet, which it never does while its POST is pending: the
-      request hangs and its greenlet is never freed (enough of them fill the worker's pool).
-    - A POST to a session closed meanwhile raises KeyError: a 500 and a traceback.
+    def handle_request(environ, start_response):
+        try:
+            return original(environ, start_response)
+        except KeyError as exc:  # _get_socket(): "Session is disconnected" / "Session not found"
+            start_response("400 BAD REQUEST", [("Content-Type", "text/plain")])
+            return [f'"{exc.args[0] if exc.args else "Invalid session"}"'.encode()]
 
-    `install()` wraps `engineio.packet.Packet.decode` (process-wide, once): JSON it cannot parse stays text,
-    as python-engineio already does for invalid JSON, and anything else (unknown types included) becomes a
-    CLOSE packet, which ends that client's session cleanly. `guard_requests(eio)` answers the closed-session
-    KeyError with 400. One warning per 10 seconds counts the garbage."""
-
-    installed = False
-    count = 0
-    last_log = 0.0
-
-    @classmethod
-    def install(cls):
-        if cls.installed:
-            return
-        cls.installed = True
-        original = eio_packet.Packet.decode
-
-        def decode(packet, encoded_packet):
-            try:
-                original(packet, encoded_packet)
-            except RecursionError:
-                packet.data = encoded_packet[1:]  # the type digit was read; the JSON is too deep to parse
-            except (ValueError, IndexError, TypeError, binascii.Error) as exc:
-                packet.binary, packet.packet_type, packet.data = False, eio_packet.CLOSE, None
-                cls.garbage(encoded_packet, exc)
-            if not 0 <= packet.packet_type < len(eio_packet.packet_names):
-                cls.garbage(encoded_packet, ValueError(f"unknown packet type {packet.packet_type}"))
-                packet.binary, packet.packet_type, packet.data = False, eio_packet.CLOSE, None
-            return None
-
-        eio_packet.Packet.decode = decode
-
-    @classmethod
-    def garbage(cls, encoded_packet, exc):
-        cls.count += 1
-        now = time.monotonic()
-        if now - cls.last_log >= WINDOW:
-            cls.last_log = now
-            log.warning(
-                "malformed Engine.IO packet (%s), closing that session; %d so far; packet starts %r",
-                str(exc)[:80] or type(exc).__name__,
-                cls.count,
-                encoded_packet[:40],
-            )
-
-    @staticmethod
-    def guard_requests(eio):
-        original = eio.handle_request
-
-        def handle_request(environ, start_response):
-            try:
-                return original(environ, start_response)
-            except KeyError as exc:  # _get_socket(): "Session is disconnected" / "Session not found"
-                start_response("400 BAD REQUEST", [("Content-Type", "text/plain")])
-                return [f'"{exc.args[0] if exc.args else "Invalid session"}"'.encode()]
-
-        eio.handle_request = handle_request
+    eio.handle_request = handle_request
 
 
 def unknown_event(event, *args):
@@ -330,8 +280,8 @@ def unknown_event(event, *args):
 def install(socketio, settings):
     """Adds the limits above to the SocketIO object's current server (call after init_app)."""
     server = socketio.server
-    EngineIOGarbage.install()
-    EngineIOGarbage.guard_requests(server.eio)
+    engineio_packets.install()  # Engine.IO garbage closes its session (patches/engineio_packets.py, pinned)
+    guard_requests(server.eio)
     PacketGuard(server, settings).install()
     if settings.max_rooms_per_client:
         RoomCap(server.manager, settings.max_rooms_per_client).install()

@@ -15,7 +15,9 @@ moment (`on-marked-down shutdown-sessions`). Instead, `install(worker)` (gunicor
    (`ignore-persist`), so it lands on another instance.
 3. **Stop**: gunicorn's own shutdown: the listener closes and the last requests finish; idle keep-alive
    connections from HAProxy (which would hold gunicorn until `graceful_timeout`) are closed after at
-   most 1 second, and the worker exits.
+   most 1 second, and the worker exits. (To find them, gunicorn's plain gevent worker needs a replaced
+   gunicorn internal, patches/gunicorn_servers.py: with an unverified gunicorn version they are left to
+   `graceful_timeout`.)
 
 Both durations are squeezed to fit inside `graceful_timeout` minus 3 seconds (a warning says so), so
 gunicorn never has to kill the worker; compose's `stop_grace_period` (30s) is above `GRACEFUL_TIMEOUT` (20s).
@@ -30,9 +32,10 @@ import time
 
 import gevent
 
-from realtime import health
+from operations import health
+from patches import gunicorn_servers
 
-log = logging.getLogger("realtime.lifecycle")
+log = logging.getLogger("operations.lifecycle")
 
 EXIT_MARGIN = 3.0  # seconds kept for gunicorn's own shutdown after the spread
 
@@ -119,17 +122,17 @@ def install(worker):
         )
     state = {"started": False}
     servers = []  # gunicorn's gevent servers, made in worker.run() after this hook: record them
-    # plain `-k gevent` (simple-websocket, no gevent-websocket) has no server_class: it makes StreamServers
-    from gunicorn.workers import ggevent
-
-    class RecordedServer(worker.server_class or ggevent.StreamServer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            servers.append(self)
-
     if worker.server_class is None:
-        ggevent.StreamServer = RecordedServer
+        # plain `-k gevent` (simple-websocket, no gevent-websocket) makes gevent StreamServers: a replaced
+        # gunicorn internal, pinned (patches/gunicorn_servers.py); with another gunicorn, servers stays empty
+        gunicorn_servers.install(servers.append)
     else:
+        # gevent-websocket's worker: server_class is the worker attribute gunicorn itself reads
+        class RecordedServer(worker.server_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                servers.append(self)
+
         worker.server_class = RecordedServer
 
     def on_sigterm(signum, frame):

@@ -1,18 +1,22 @@
-"""Counts and logs what happens on the Socket.IO server: feeds realtime/metrics.py and the `realtime.socket`
-log lines of realtime/logs.py.
+"""Counts and logs what happens on the Socket.IO server: feeds operations/metrics.py and the `realtime.socket`
+log lines of operations/logs.py.
 
-python-socketio has no middleware for events, so install() wraps a few methods of this process's server
+python-socketio has no middleware for events, so install() hooks into a few methods of this process's server
 objects, the way python-socketio's own admin instrumentation (`Server.instrument()`) does:
 
     socketio.Server._trigger_event   every handler call: connect, disconnect, events (count, latency, errors)
-    socketio.Server.emit             emit() calls made by this instance
+    socketio.Server.emit             emit() calls made by this instance (public: wrapped here)
     engineio.Server._bad_request     every Engine.IO 400 (unknown session, bad origin, ...)
-    <manager>._publish, _subscribe   message-queue publishes dropped, subscriptions lost (see _wrap_queue)
+    <manager>._publish, _subscribe   message-queue publishes dropped, subscriptions lost (see _queue_hooks)
 and a logging filter on python-socketio's logger for the other message-queue errors it reports.
 
-These are internals of the pinned python-socketio/python-engineio versions; tests/test_metrics.py checks
-each hook, so an upgrade that moves them fails there. Per event the cost is two clock reads, a few dict
-look-ups and two metric updates.
+The non-public ones are replaced by patches/socketio_hooks.py, pinned to the python-socketio/python-engineio
+versions it was verified against: this module only passes in what to count and log. With another version
+those hooks stay off (one log line says so) and what they feed is neither counted nor logged (events
+received, handler latency and errors, connect/disconnect/refused lines, Engine.IO 400s, lost publishes);
+emitted events, the connected-clients gauge, the message-queue errors python-socketio logs, and /metrics
+itself keep working.
+Per event the cost is two clock reads, a few dict look-ups and two metric updates.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from time import perf_counter
 
 from socketio import exceptions as sio_exceptions
 
-from realtime import logs, metrics
+from operations import logs, metrics
+from patches import socketio_hooks
 
 REFUSALS = (sio_exceptions.ConnectionRefusedError, ConnectionRefusedError)
 LIFECYCLE = ("connect", "disconnect")
@@ -52,7 +57,7 @@ def bad_request_reason(message):
 
 def queue_operation(message):
     """python-socketio's message-queue error messages (redis_manager.py, pubsub_manager.py) -> a label.
-    A lost publish is counted where it happens instead (see _wrap_queue), whichever manager logs it."""
+    A lost publish is counted where it happens instead (see _queue_hooks), whichever manager logs it."""
     if "publish" in message:
         return None if "giving up" in message else "publish_retry"
     if "receive" in message:
@@ -81,10 +86,15 @@ def install(socketio, app):
     server._realtime_instrumented = True
     metrics.set_instance(app.config["SETTINGS"].instance_name)
     metrics.CONNECTED.engineio_server = server.eio
-    _wrap_trigger_event(server)
     _wrap_emit(server)
-    _wrap_bad_request(server.eio)
-    _wrap_queue(server.manager)
+    publish, subscribe = _queue_hooks()
+    socketio_hooks.install(
+        server,
+        trigger_event=_trigger_event_hook(server),
+        bad_request=_count_bad_request,
+        publish=publish,
+        subscribe=subscribe,
+    )
     if not any(isinstance(f, QueueErrorCounter) for f in server.logger.filters):
         server.logger.addFilter(QueueErrorCounter())
     # every series known now starts at 0, so rate() and alerts work before the first occurrence
@@ -114,8 +124,8 @@ def _transport(server, sid, namespace):
         return "unknown"
 
 
-def _wrap_trigger_event(server):
-    original = server._trigger_event
+def _trigger_event_hook(server):
+    """What socketio_hooks runs around server._trigger_event: hook(original, event, namespace, *args)."""
     handlers = server.handlers
     namespace_handlers = server.namespace_handlers
 
@@ -125,7 +135,7 @@ def _wrap_trigger_event(server):
         handler = namespace_handlers.get(namespace)
         return handler is not None and hasattr(handler, f"on_{event}")
 
-    def connect(namespace, sid, environ=None, *rest):
+    def connect(original, namespace, sid, environ=None, *rest):
         latency = metrics.event_metrics(namespace, "connect")[1]
         start = perf_counter()
         try:
@@ -159,7 +169,7 @@ def _wrap_trigger_event(server):
         fields = _client_fields(server, sid, namespace, environ)
         logs.socket_event("handler_error", logging.ERROR, exc_info=True, handler=event[:100], **fields)
 
-    def disconnect(namespace, sid, *rest):
+    def disconnect(original, namespace, sid, *rest):
         fields = _client_fields(server, sid, namespace)  # before the handler: the environ goes with the client
         latency = metrics.event_metrics(namespace, "disconnect")[1]
         start = perf_counter()
@@ -172,11 +182,11 @@ def _wrap_trigger_event(server):
             latency.observe(perf_counter() - start)
             logs.socket_event("disconnect", reason=str(rest[0]) if rest else "", **fields)
 
-    def trigger_event(event, namespace, *args):
+    def trigger_event(original, event, namespace, *args):
         if event == "connect":
-            return connect(namespace, *args)
+            return connect(original, namespace, *args)
         if event == "disconnect":
-            return disconnect(namespace, *args)
+            return disconnect(original, namespace, *args)
         received, latency, _errors = metrics.event_metrics(namespace, event if known(event, namespace) else "_unknown")
         received.inc()
         start = perf_counter()
@@ -188,7 +198,7 @@ def _wrap_trigger_event(server):
         finally:
             latency.observe(perf_counter() - start)
 
-    server._trigger_event = trigger_event
+    return trigger_event
 
 
 def _wrap_emit(server):
@@ -201,41 +211,29 @@ def _wrap_emit(server):
     server.emit = emit
 
 
-def _wrap_bad_request(engineio_server):
-    original = engineio_server._bad_request
-
-    def bad_request(message=None):
-        metrics.HANDSHAKE_FAILURES.labels(bad_request_reason(message)).inc()
-        return original(message)
-
-    engineio_server._bad_request = bad_request
+def _count_bad_request(message=None):
+    """Called by socketio_hooks before each Engine.IO 400 response."""
+    metrics.HANDSHAKE_FAILURES.labels(bad_request_reason(message)).inc()
 
 
-def _wrap_queue(manager):
-    """Message-queue failures that no log message has to tell: a publish that returns None was dropped
-    (python-socketio's RedisManager gives up after a retry; realtime/message_queue.py's QueueManager drops
-    while Redis is away), and every subscription after the first one replaces a lost one."""
-    publish = getattr(manager, "_publish", None)
-    if publish is None:  # no message queue: the in-process manager
-        return
+def _queue_hooks():
+    """(publish, subscribe) hooks for socketio_hooks: message-queue failures that no log message has to tell.
+    A publish that returns None was dropped (python-socketio's RedisManager gives up after a retry;
+    operations/message_queue.py's QueueManager drops while Redis is away), and every subscription after the
+    first one replaces a lost one (QueueManager's _subscribe). The in-process manager has neither method."""
     lost = metrics.MESSAGE_QUEUE_ERRORS.labels("publish_lost")
+    resubscribed = metrics.MESSAGE_QUEUE_ERRORS.labels("receive")
+    calls = {"subscribe": 0}
 
-    def counted_publish(data):
+    def counted_publish(publish, data):
         result = publish(data)
         if result is None:  # redis PUBLISH answers the number of subscribers, an int
             lost.inc()
         return result
 
-    manager._publish = counted_publish
-    subscribe = getattr(manager, "_subscribe", None)
-    if subscribe is not None:  # QueueManager (realtime/message_queue.py)
-        resubscribed = metrics.MESSAGE_QUEUE_ERRORS.labels("receive")
-        calls = {"count": 0}
+    def counted_subscribe():
+        calls["subscribe"] += 1
+        if calls["subscribe"] > 1:
+            resubscribed.inc()
 
-        def counted_subscribe():
-            calls["count"] += 1
-            if calls["count"] > 1:
-                resubscribed.inc()
-            return subscribe()
-
-        manager._subscribe = counted_subscribe
+    return counted_publish, counted_subscribe

@@ -16,6 +16,14 @@ def cors_allowed_origins(server, environ):
     return ENGINEIO_CORS_ALLOWED_ORIGINS(server, environ)
 
 
-def install(eio_server):
+VERIFIED = {"python-engineio": ("4.15.1",)}
+REPLACES = ["eio._cors_allowed_origins"]
+
+
+def install(socketio, app, settings):
+    install_on(socketio.server.eio)
+
+
+def install_on(eio_server):
     """For this python-engineio server only (its class keeps engineio's method)."""
     eio_server._cors_allowed_origins = cors_allowed_origins.__get__(eio_server)

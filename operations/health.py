@@ -5,7 +5,7 @@ import threading
 import redis
 from flask import Blueprint, current_app, jsonify, request
 
-from realtime.message_queue import redis_client
+from operations.message_queue import redis_client
 
 bp = Blueprint("health", __name__)
 

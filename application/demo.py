@@ -1,7 +1,7 @@
 """The demo page (`/`) and its chat, on its own Socket.IO namespace `/demo`.
 
 The page shows, for every participant of a room, the instance that serves them and their transport
-(long-polling or WebSocket), kept right across instances by realtime/presence.py. It runs on its own
+(long-polling or WebSocket), kept right across instances by operations/presence.py. It runs on its own
 namespace so that its extra work (presence in Redis) stays off the default namespace's events, which the
 tests and the benchmark use. The page also listens on the default namespace and shows whatever arrives
 there (e.g. `flask --app app emit announcement '{"text": "hi"}'`).
@@ -25,9 +25,9 @@ import redis
 from flask import Blueprint, current_app, render_template, request, session
 from flask_socketio import ConnectionRefusedError, emit, join_room, leave_room
 
-from realtime.auth import USER_NAME, signed_in_user
-from realtime.events import MAX_MESSAGE, bad_input, room_name
-from realtime.presence import HEARTBEAT_EVERY, make_store
+from application.auth import USER_NAME, signed_in_user
+from application.events import MAX_MESSAGE, bad_input, room_name
+from operations.presence import HEARTBEAT_EVERY, make_store
 
 log = logging.getLogger(__name__)
 

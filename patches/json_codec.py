@@ -14,6 +14,7 @@ import re
 
 import orjson
 from engineio import json as engineio_json
+from engineio import packet as engineio_packet
 
 DUMPS_OPTIONS = (
     orjson.OPT_NON_STR_KEYS
@@ -40,3 +41,15 @@ def loads(text, **kwargs):
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return engineio_json.loads(text)
+
+
+# Socket.IO and Engine.IO packets' JSON module: what SocketIO(json=...) sets, process-wide, in both libraries.
+VERIFIED = {"orjson": ("3.13.0",), "python-socketio": ("5.18.1",), "python-engineio": ("4.15.1",)}
+REPLACES = ["socketio.packet.Packet.json", "engineio.packet.Packet.json"]
+
+
+def install(socketio, app, settings):
+    import sys
+
+    socketio.server.packet_class.json = sys.modules[__name__]
+    engineio_packet.Packet.json = sys.modules[__name__]

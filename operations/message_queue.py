@@ -154,7 +154,7 @@ def connect(settings):
     Redis up to REDIS_WAIT_SECONDS)."""
     if not settings.redis_url:
         return None
-    from realtime.config import mask_url_password
+    from application.config import mask_url_password
 
     display_url = mask_url_password(settings.redis_url)
     if settings.redis_wait_seconds > 0:

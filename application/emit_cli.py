@@ -3,7 +3,7 @@ app (a shell, cron, a deploy hook), through the same Redis message queue the ins
 
     flask --app app emit announcement '{"text": "maintenance at 18:00"}'
     flask --app app emit announcement '"to one room"' --room ops --namespace /demo
-    python -m realtime.emit_cli announcement '{"text": "hi"}'     # the same without loading the app
+    python -m application.emit_cli announcement '{"text": "hi"}'     # the same without loading the app
 
 DATA is JSON. The emitter is a write-only python-socketio RedisManager: it publishes and never receives, so
 callbacks are impossible. It reads REDIS_URL (with REDIS_PASSWORD / REDIS_PASSWORD_FILE) and SOCKETIO_CHANNEL
@@ -19,8 +19,8 @@ import sys
 import click
 import redis
 
-from realtime.config import ConfigError, env_secret, with_password
-from realtime.message_queue import QueueManager, close_client, redis_client
+from application.config import ConfigError, env_secret, with_password
+from operations.message_queue import QueueManager, close_client, redis_client
 
 
 def queue_settings():
@@ -30,7 +30,7 @@ def queue_settings():
 
         settings = current_app.config["SETTINGS"]
         return settings.redis_url, settings.message_queue_channel
-    except (RuntimeError, KeyError):  # no app context: `python -m realtime.emit_cli`
+    except (RuntimeError, KeyError):  # no app context: `python -m application.emit_cli`
         pass
     try:
         password = env_secret(os.environ, "REDIS_PASSWORD")
@@ -81,4 +81,4 @@ def emit(event, data, room, namespace):
 
 
 if __name__ == "__main__":
-    sys.exit(emit.main(prog_name="python -m realtime.emit_cli"))
+    sys.exit(emit.main(prog_name="python -m application.emit_cli"))

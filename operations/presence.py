@@ -23,7 +23,7 @@ import uuid
 
 import redis
 
-from realtime.message_queue import redis_client
+from operations.message_queue import redis_client
 
 log = logging.getLogger(__name__)
 

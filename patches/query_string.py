@@ -42,6 +42,10 @@ class Urllib:
         return getattr(urllib, name)
 
 
-def install():
+VERIFIED = {"python-engineio": ("4.15.1",)}
+REPLACES = ["engineio.server.urllib"]
+
+
+def install(socketio=None, app=None, settings=None):
     """python-engineio's server module (it does `import urllib` and calls urllib.parse.parse_qs) gets this one."""
     engineio_server.urllib = Urllib()

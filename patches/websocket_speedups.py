@@ -5,10 +5,10 @@ each giving the same bytes as the original (tests/test_websocket_speedups.py):
   installed (requirements.txt), instead of a Python loop over every byte (run twice per message).
 - Header.unmask_payload XORs each client frame with its mask byte by byte in Python: wsaccel's C masker.
 - Reads: gevent makes two recv() calls per message (it tries, gets EAGAIN, waits, tries again): one (ReadAfterWait,
-  also on every HTTP connection's reads, from realtime/connection_memory.py).
+  also on every HTTP connection's reads, from patches/connection_memory.py).
 - Stream.write is gevent's sendall(), which asks the kernel for SO_SNDBUF (one getsockopt syscall) on every
   frame: one send() instead, and sendall() only for what a full socket buffer leaves over (FrameWriter, which
-  also lets realtime/websocket_writes.py send a frame without waiting).
+  also lets patches/websocket_writes.py send a frame without waiting).
 """
 
 import gevent
@@ -90,7 +90,7 @@ class ReadAfterWait:
 
 def read_after_wait(rfile, sock):
     """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first.
-    realtime/connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
+    patches/connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
     raw = getattr(rfile, "raw", None)
     if raw is not None and hasattr(sock, "_read_event"):
         raw.readinto = ReadAfterWait(sock).readinto
@@ -102,7 +102,15 @@ def stream_init(stream, handler):
     stream.write = FrameWriter(handler.socket).write
 
 
-def install():
+VERIFIED = {"gevent-websocket": ("0.10.1",), "wsaccel": ("0.6.7",), "gevent": ("26.9.0",)}
+REPLACES = [
+    "geventwebsocket.websocket.Header.mask_payload",
+    "geventwebsocket.websocket.Header.unmask_payload",
+    "geventwebsocket.websocket.Stream.__init__",
+]
+
+
+def install(socketio=None, app=None, settings=None):
     if gws is None:
         return
     gws.Header.mask_payload = gws.Header.unmask_payload = mask_payload

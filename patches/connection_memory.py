@@ -23,7 +23,7 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
-from realtime import websocket_speedups
+from patches import websocket_speedups
 
 try:
     from geventwebsocket.handler import WebSocketHandler
@@ -75,7 +75,21 @@ def install_handler(read_buffer_size):
         WebSocketHandler.run_websocket = run_websocket
 
 
-def install(socketio, settings):
+VERIFIED = {
+    "python-engineio": ("4.15.1",),
+    "python-socketio": ("5.18.1",),
+    "gevent-websocket": ("0.10.1",),
+    "gevent": ("26.9.0",),
+}
+REPLACES = [
+    "engineio.socket.Socket.schedule_ping",
+    "geventwebsocket.handler.WebSocketHandler.__init__",
+    "geventwebsocket.handler.WebSocketHandler.run_websocket",
+    "eio.handlers[connect]",
+]
+
+
+def install(socketio, app, settings):
     engineio_socket.Socket.schedule_ping = schedule_ping
     install_handler(settings.read_buffer_size)
 

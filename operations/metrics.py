@@ -17,7 +17,7 @@
     socketio_handler_seconds{namespace,event}    handler latency (histogram), connect/disconnect included
     socketio_instance_info{name}                 1, labelled with INSTANCE_NAME
 
-The counting itself happens in realtime/instrument.py.
+The counting itself happens in operations/instrument.py.
 """
 
 from __future__ import annotations

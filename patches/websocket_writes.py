@@ -19,8 +19,8 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
-from realtime import inline_handlers
-from realtime.websocket_speedups import FrameWriter
+from patches import inline_handlers
+from patches.websocket_speedups import FrameWriter
 
 try:
     from geventwebsocket.websocket import Header, WebSocket
@@ -44,7 +44,7 @@ def frame(message):
 
 def websocket_handler(sock, ws):
     """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter
-    (WEBSOCKET_DIRECT_SEND), and its events can run in its greenlet (realtime/inline_handlers.py)."""
+    (WEBSOCKET_DIRECT_SEND), and its events can run in its greenlet (patches/inline_handlers.py)."""
     if engineio_socket.Socket.send is send:  # WEBSOCKET_DIRECT_SEND, as install() last set it
         websocket = getattr(ws, "_sock", None)
         writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
@@ -135,7 +135,16 @@ def poll(sock):
     return packets
 
 
-def install(settings):
+VERIFIED = {"python-engineio": ("4.15.1",), "gevent-websocket": ("0.10.1",), "gevent": ("26.9.0",)}
+REPLACES = [
+    "engineio.socket.Socket._websocket_handler",
+    "engineio.socket.Socket.send",
+    "engineio.socket.Socket.poll",
+    "engineio.socket.Socket.close",
+]
+
+
+def install(socketio, app, settings):
     """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND; false restores engineio's own path."""
     enabled = settings.websocket_direct_send and WebSocket is not None
     engineio_socket.Socket.direct = None

@@ -20,7 +20,7 @@ from werkzeug.http import parse_cookie
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request
 
-from realtime.query_string import parse_qs
+from patches.query_string import parse_qs
 
 
 class HookRequest(Request):

@@ -1,6 +1,6 @@
 """Typed settings read from environment variables, validated once at start.
 
-Every variable, its default and its meaning is listed in the README's configuration table.
+Every variable, its default and its meaning is listed in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -168,13 +168,15 @@ class Settings:
     websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: idle WebSockets' packets via the loop's outbox
     inline_handlers: bool = True  # INLINE_HANDLERS: a WebSocket's event runs in its reader until the handler waits
     idle_event_greenlets: int = 100  # IDLE_EVENT_GREENLETS: greenlets kept to run events (0: a new one per event)
-    # per-connection limits (realtime/limits.py); 0 turns a limit off
+    speedups: bool = True  # SPEEDUPS: false runs the stock libraries only (patches/README.md)
+    speedups_skip: tuple[str, ...] = ()  # SPEEDUPS_SKIP: names of single speedups to leave off
+    # per-connection limits (operations/limits.py); 0 turns a limit off
     event_rate: float = 50.0  # EVENT_RATE: Socket.IO packets per second per connection
     event_burst: int = 100  # EVENT_BURST: bucket size
     event_flood_disconnect: int = 500  # EVENT_FLOOD_DISCONNECT: refused packets within 10s that end the connection
     bad_packet_limit: int = 10  # BAD_PACKET_LIMIT: malformed packets that end the connection
     max_rooms_per_client: int = 50  # MAX_ROOMS_PER_CLIENT
-    # graceful stop (realtime/lifecycle.py) and Redis start-up wait (realtime/message_queue.py)
+    # graceful stop (operations/lifecycle.py) and Redis start-up wait (operations/message_queue.py)
     drain_seconds: float = 3.0  # DRAIN_SECONDS
     close_spread_seconds: float = 10.0  # CLOSE_SPREAD_SECONDS
     redis_wait_seconds: float = 30.0  # REDIS_WAIT_SECONDS
@@ -216,6 +218,8 @@ class Settings:
             websocket_direct_send=env_bool(env, "WEBSOCKET_DIRECT_SEND", True),
             inline_handlers=env_bool(env, "INLINE_HANDLERS", True),
             idle_event_greenlets=env_number(env, "IDLE_EVENT_GREENLETS", 100, minimum=0),
+            speedups=env_bool(env, "SPEEDUPS", True),
+            speedups_skip=tuple(env_list(env, "SPEEDUPS_SKIP")),
             event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),
             event_burst=env_number(env, "EVENT_BURST", 100, minimum=1),
             event_flood_disconnect=env_number(env, "EVENT_FLOOD_DISCONNECT", 500, minimum=0),
@@ -261,6 +265,11 @@ class Settings:
                 "redis+sentinel:// (other schemes would silently select Kombu)"
             )
         self.cookie.validate()
+        from patches import SPEEDUP_NAMES  # noqa: PLC0415 - the names live with the speedups
+
+        unknown = sorted(set(self.speedups_skip) - set(SPEEDUP_NAMES))
+        if unknown:
+            raise ConfigError(f"SPEEDUPS_SKIP names unknown speedups {unknown}: choose from {', '.join(SPEEDUP_NAMES)}")
 
     def public_dict(self):
         """The effective settings with secrets masked, for the start-up log line."""

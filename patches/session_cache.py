@@ -29,3 +29,11 @@ class CachedSerializerSessionInterface(SecureCookieSessionInterface):
             cached = (key, serializer)
             app.extensions["session_serializer"] = cached
         return cached[1]
+
+
+VERIFIED = {"flask": ("3.1.3",), "flask-socketio": ("5.7.0",)}  # Flask-SocketIO: the saved_session key
+REPLACES = ["app.session_interface"]
+
+
+def install(socketio, app, settings):
+    app.session_interface = CachedSerializerSessionInterface()

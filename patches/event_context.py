@@ -14,6 +14,7 @@ function registered and no receiver of the signal; no files parsed.
 import hashlib
 import importlib.metadata
 import inspect
+from types import MethodType
 
 from flask import Flask, Request
 from flask.ctx import RequestContext
@@ -48,31 +49,47 @@ class RealtimeRequest(Request):
             super().close()
 
 
+def do_teardown_request(app, *args):
+    if app.teardown_request_funcs or request_tearing_down.receivers:
+        Flask.do_teardown_request(app, *args)
+
+
+def do_teardown_appcontext(app, *args):
+    if app.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
+        Flask.do_teardown_appcontext(app, *args)
+
+
+def request_context(app, environ):
+    return CachedRouteRequestContext(app, environ)
+
+
+def create_url_adapter(app, request):
+    # TRUSTED_HOSTS is checked per request by Flask's own method: keep it uncached
+    if request is None or app.config["TRUSTED_HOSTS"] is not None:
+        return Flask.create_url_adapter(app, request)
+    environ = request.environ
+    adapter = environ.get(URL_ADAPTER)
+    if adapter is None:
+        adapter = environ[URL_ADAPTER] = Flask.create_url_adapter(app, request)
+    return adapter
+
+
+FLASK_METHODS = {
+    "do_teardown_request": do_teardown_request,
+    "do_teardown_appcontext": do_teardown_appcontext,
+    "request_context": request_context,
+    "create_url_adapter": create_url_adapter,
+}
+
+
 class RealtimeFlask(Flask):
-    """Flask whose request contexts bind and match the URL once per environ (see the module's docstring)."""
+    """Flask with the methods above (see the module's docstring); install() gives them to an app instead."""
 
     request_class = RealtimeRequest
-
-    def do_teardown_request(self, *args):
-        if self.teardown_request_funcs or request_tearing_down.receivers:
-            super().do_teardown_request(*args)
-
-    def do_teardown_appcontext(self, *args):
-        if self.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
-            super().do_teardown_appcontext(*args)
-
-    def request_context(self, environ):
-        return CachedRouteRequestContext(self, environ)
-
-    def create_url_adapter(self, request):
-        # TRUSTED_HOSTS is checked per request by Flask's own method: keep it uncached
-        if request is None or self.config["TRUSTED_HOSTS"] is not None:
-            return super().create_url_adapter(request)
-        environ = request.environ
-        adapter = environ.get(URL_ADAPTER)
-        if adapter is None:
-            adapter = environ[URL_ADAPTER] = super().create_url_adapter(request)
-        return adapter
+    do_teardown_request = do_teardown_request
+    do_teardown_appcontext = do_teardown_appcontext
+    request_context = request_context
+    create_url_adapter = create_url_adapter
 
 
 # Flask-SocketIO's _handle_event as of the pinned Flask-SocketIO 5.7.0 and Flask 3.1 (the session lives on the
@@ -137,3 +154,16 @@ class RealtimeSocketIO(SocketIO):
 
     if not replicates_flask_socketio():
         _handle_event = SocketIO._handle_event
+
+
+VERIFIED = {"flask": ("3.1.3",), "flask-socketio": ("5.7.0",), "werkzeug": ("3.1.9",)}
+REPLACES = [*(f"app.{name}" for name in FLASK_METHODS), "app.request_class", "socketio._handle_event"]
+
+
+def install(socketio, app, settings):
+    """This app and SocketIO object get the methods of RealtimeFlask and RealtimeSocketIO."""
+    for name, function in FLASK_METHODS.items():
+        setattr(app, name, MethodType(function, app))
+    app.request_class = RealtimeRequest
+    if replicates_flask_socketio():  # Flask-SocketIO's source is checked by hash besides the versions
+        socketio._handle_event = MethodType(RealtimeSocketIO._handle_event, socketio)

@@ -10,7 +10,7 @@ greenlet per event as before. So waiting handlers keep python-socketio's behavio
 - The connection ends (disconnect handlers run) when its reader sees it end, even if the handler that waited
   never returns; its socket is closed once that handler returns (tests/test_inline_handlers.py).
 - Long-polling requests keep a greenlet per event (a POST must not wait for its handlers), a reused one
-  (realtime/event_greenlets.py, IDLE_EVENT_GREENLETS).
+  (patches/event_greenlets.py, IDLE_EVENT_GREENLETS).
 """
 
 import logging
@@ -18,10 +18,11 @@ import logging
 import gevent
 from engineio import exceptions as engineio_exceptions
 from engineio import packet as engineio_packet
+from engineio import socket as engineio_socket
 from gevent import getcurrent
 from gevent.event import AsyncResult
 
-from realtime.event_greenlets import EventGreenlets
+from patches.event_greenlets import EventGreenlets
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,22 @@ def handle_event(server, eio_sid, namespace, id, data):
     return None
 
 
-def install(server, settings):
+VERIFIED = {"python-socketio": ("5.18.1",), "python-engineio": ("4.15.1",), "gevent": ("26.9.0",)}
+REPLACES = ["server._handle_event"]
+
+
+def install(socketio, app, settings):
+    install_on(socketio.server, settings)
+
+
+def install_on(server, settings):
     """INLINE_HANDLERS and IDLE_EVENT_GREENLETS for this python-socketio server (with ASYNC_HANDLERS=false
     every handler runs in its reader anyway)."""
+    from patches import websocket_writes  # its handler of open WebSockets lets events run in the reader
+
     gevent_handlers = server.async_handlers and server.eio.async_mode == "gevent"
-    server.eio.inline_handlers = gevent_handlers and settings.inline_handlers
+    reader_patched = engineio_socket.Socket._websocket_handler is websocket_writes.websocket_handler
+    server.eio.inline_handlers = gevent_handlers and settings.inline_handlers and reader_patched
     keep = settings.idle_event_greenlets if gevent_handlers else 0
     server.event_greenlets = EventGreenlets(keep) if keep else None
     if server.eio.inline_handlers or server.event_greenlets is not None:

@@ -3,7 +3,7 @@
 from flask import current_app, request, session
 from flask_socketio import ConnectionRefusedError, emit, join_room, leave_room
 
-from realtime.auth import signed_in_user
+from application.auth import signed_in_user
 
 MAX_ROOM_NAME = 64
 MAX_MESSAGE = 2000

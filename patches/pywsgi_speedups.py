@@ -29,7 +29,7 @@ from http import client
 
 from gevent import pywsgi
 
-from realtime.websocket_speedups import send_whole
+from patches.websocket_speedups import send_whole
 
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # an RFC 9110 header name
 VALUE = r"[\t\x20-\x7e\x80-\xff]*"  # visible ASCII, Latin-1, spaces and tabs: no CR, LF or other control
@@ -155,7 +155,17 @@ def sendall(handler, data):
     handler.response_length += len(data)
 
 
-def install():
+VERIFIED = {"gevent": ("26.9.0",), "python": ("3.11",)}  # python: the email package's Message internals
+REPLACES = [
+    "gevent.pywsgi.WSGIHandler.MessageClass",
+    "gevent.pywsgi.WSGIHandler._headers",
+    "gevent.pywsgi.format_date_time",
+    "gevent.pywsgi.WSGIHandler._write_with_headers",
+    "gevent.pywsgi.WSGIHandler._sendall",
+]
+
+
+def install(socketio=None, app=None, settings=None):
     """pywsgi's request handlers (gevent-websocket's, and gunicorn's plain gevent worker's) use these."""
     if OldMessage is not None and hasattr(client, "_read_headers"):
         pywsgi.WSGIHandler.MessageClass = message_class

@@ -1,0 +1,67 @@
+"""A/B of template variants against the template, from one bench/run results file.
+
+    bench/run --systems template,template+SPEEDUPS=on,template+SPEEDUPS_SKIP=query_string,... \
+        --scenarios echo_ws,echo_polling,broadcast --out bench/results/speedups-ab
+    bench/.venv-asgi/bin/python bench/ab_report.py bench/results/speedups-ab/latest.json
+
+For every variant (`template+NAME=VALUE`) and scenario: the variant's app CPU per 1,000 messages, throughput and
+memory per connection divided by the template's in the same run, for each run, and their median. A variant
+that sets what the template already has (`template+SPEEDUPS=on`) is an A/A: its ratios show the run-to-run
+spread. A ratio above 1 for CPU means the variant (the speedup left off) costs more: the speedup's gain.
+"""
+
+import json
+import statistics
+import sys
+
+METRICS = {  # scenario: (metric, label)
+    "echo_ws": [("app_cpu_ms_per_1000", "app CPU/1k"), ("echo_per_s", "echoes/s")],
+    "echo_polling": [("app_cpu_ms_per_1000", "app CPU/1k"), ("echo_per_s", "echoes/s")],
+    "broadcast": [("app_cpu_ms_per_1000", "app CPU/1k"), ("app_rss_kb_per_conn", "app KB/conn")],
+}
+
+
+def ratios(doc, variant, scenario, metric):
+    out = []
+    for run in doc["runs"]:
+        base = run.get(scenario, {}).get("template", {}).get(metric)
+        value = run.get(scenario, {}).get(variant, {}).get(metric)
+        if isinstance(base, (int, float)) and isinstance(value, (int, float)) and base:
+            out.append(value / base)
+    return out
+
+
+def table(doc):
+    systems = sorted({s for run in doc["runs"] for sc in run.values() if isinstance(sc, dict) for s in sc})
+    variants = [s for s in systems if s.startswith("template+")]
+    lines = [
+        "| variant | scenario | metric | variant ÷ template, each run | median |",
+        "|---|---|---|---|---|",
+    ]
+    summary = {}
+    for variant in variants:
+        for scenario, metrics in METRICS.items():
+            for metric, label in metrics:
+                values = ratios(doc, variant, scenario, metric)
+                if not values:
+                    continue
+                median = statistics.median(values)
+                summary.setdefault(variant, {}).setdefault(scenario, {})[metric] = {
+                    "runs": [round(v, 3) for v in values],
+                    "median": round(median, 3),
+                }
+                each = " / ".join(f"{v:.3f}" for v in values)
+                lines.append(f"| `{variant[len('template+') :]}` | {scenario} | {label} | {each} | {median:.3f} |")
+    return "\n".join(lines), summary
+
+
+def main(path):
+    doc = json.load(open(path))
+    text, summary = table(doc)
+    print(text)
+    with open(path.replace(".json", "-ab.json"), "w") as out:
+        json.dump(summary, out, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/speedups-ab/latest.json")

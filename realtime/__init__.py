@@ -1,1 +1,0 @@
-"""The template's building blocks; app.py wires them together."""

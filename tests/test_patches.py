@@ -1,0 +1,154 @@
+"""patches/: every speedup is pinned to the library versions it was verified against, and switchable.
+
+Each test builds the app in a fresh process (the replacements are process-wide) and reads, for every target a
+speedup names in REPLACES, whether the value there comes from the patches package or from the library."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from application.config import ConfigError, Settings
+from patches import SPEEDUP_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run in a fresh interpreter: argv[1] = JSON {"fake_mismatch": name or null}; prints one JSON line.
+PROBE = r"""
+import importlib, json, logging, sys, types
+options = json.loads(sys.argv[1])
+import patches
+from patches import SPEEDUP_NAMES
+modules = {name: importlib.import_module(f"patches.{name}") for name in SPEEDUP_NAMES}
+faked = options["fake_mismatch"]
+if faked:
+    module = modules[faked]
+    first = next(iter(module.VERIFIED))
+    module.VERIFIED = {**module.VERIFIED, first: ("0.0.0.fake",)}
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger("patches").addHandler(Keep())
+from app import create_app, socketio
+app = create_app()
+roots = {"app": app, "socketio": socketio, "server": socketio.server, "eio": socketio.server.eio,
+         "manager": socketio.server.manager}
+
+def walk(value, parts):
+    for part in parts:
+        name, _, key = part.partition("[")
+        value = getattr(value, name)
+        if key:
+            value = value[key.rstrip("]")]
+    return value
+
+def resolve(target):
+    # an importable dotted path first; else a path from one of the app's live objects (roots)
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            return walk(importlib.import_module(".".join(parts[:cut])), parts[cut:])
+        except (ImportError, AttributeError):
+            continue
+    return walk(roots[parts[0]], parts[1:])
+
+def origin(value):
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    if isinstance(value, (types.FunctionType, types.MethodType, type)):
+        return getattr(value, "__func__", value).__module__
+    return type(value).__module__
+
+targets = {name: {t: origin(resolve(t)) for t in module.REPLACES} for name, module in modules.items()}
+client = socketio.test_client(app)
+echo = client.emit("echo", {"n": 1}, callback=True)
+client.disconnect()
+print(json.dumps({"targets": targets, "log": lines, "echo": echo,
+                  "healthz": app.test_client().get("/healthz").status_code}))
+"""
+
+
+def probe(fake_mismatch=None, **env):
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps({"fake_mismatch": fake_mismatch})],
+        cwd=ROOT,
+        env={**os.environ, "APP_ENV": "development", "LOG_LEVEL": "info", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def all_on():
+    return probe()
+
+
+def test_every_speedup_is_on_by_default_and_the_app_serves(all_on):
+    """The control for the tests below: with the pinned versions every target holds the patches' value."""
+    for name, targets in all_on["targets"].items():
+        for target, module in targets.items():
+            assert module.startswith("patches."), f"{name}: {target} is {module}'s, not the speedup's"
+    assert all_on["echo"] == {"n": 1} and all_on["healthz"] == 200
+    assert not any("stays off" in line for line in all_on["log"]), all_on["log"]
+
+
+def test_speedups_off_leaves_every_library_as_it_is():
+    off = probe(SPEEDUPS="off")
+    for name, targets in off["targets"].items():
+        for target, module in targets.items():
+            assert not module.startswith("patches."), f"SPEEDUPS=off, yet {target} is patched ({name})"
+    assert off["echo"] == {"n": 1} and off["healthz"] == 200
+    assert any("SPEEDUPS=off" in line for line in off["log"])
+
+
+@pytest.mark.parametrize("name", SPEEDUP_NAMES)
+def test_a_version_it_was_not_verified_against_keeps_it_off(name):
+    """A faked mismatch: one line names the speedup and the version found, its targets keep the library's
+    own values, the other speedups stay on, and the app still answers."""
+    result = probe(fake_mismatch=name)
+    mine = result["targets"][name]
+    for target, module in mine.items():
+        assert not module.startswith("patches."), f"{name} is off, yet {target} is {module}'s"
+    [line] = [line for line in result["log"] if "stays off" in line]
+    assert line.startswith(f"patch {name} stays off: ") and "is not a version it was verified against" in line
+    assert result["echo"] == {"n": 1} and result["healthz"] == 200
+    others_on = [
+        n
+        for n, targets in result["targets"].items()
+        if n != name and all(m.startswith("patches.") for m in targets.values())
+    ]
+    assert len(others_on) >= len(SPEEDUP_NAMES) - 2, others_on  # inline_handlers also needs websocket_writes
+
+
+def test_speedups_skip_leaves_out_the_named_ones_only():
+    result = probe(SPEEDUPS_SKIP="query_string,engineio_cors")
+    for name, targets in result["targets"].items():
+        patched = {m.startswith("patches.") for m in targets.values()}
+        assert patched == ({False} if name in ("query_string", "engineio_cors") else {True}), name
+
+
+def test_speedups_skip_with_an_unknown_name_is_a_clear_error():
+    with pytest.raises(ConfigError, match="SPEEDUPS_SKIP names unknown speedups \\['query_strings'\\]"):
+        Settings.from_env({"APP_ENV": "development", "SPEEDUPS_SKIP": "query_strings"})
+
+
+def test_the_patches_readme_lists_every_replacement():
+    import importlib
+
+    readme = (ROOT / "patches" / "README.md").read_text()
+    for name in SPEEDUP_NAMES:
+        module = importlib.import_module(f"patches.{name}")
+        assert f"`{name}`" in readme, name
+        for target in module.REPLACES:
+            assert f"`{target}`" in readme, f"{name}: {target} is not in patches/README.md"
+        for dist, versions in module.VERIFIED.items():
+            for version in versions:
+                assert f"{dist} {version}" in readme, f"{name}: {dist} {version} is not in patches/README.md"
