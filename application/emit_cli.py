@@ -20,7 +20,7 @@ import click
 import redis
 
 from application.config import ConfigError, env_secret, with_password
-from operations.message_queue import QueueManager, close_client, redis_client
+from operations.message_queue import close_client, queue_manager, redis_client
 
 
 def queue_settings():
@@ -48,8 +48,8 @@ def emit_event(url, channel, event, data, room=None, namespace="/"):
         subscribers = client.pubsub_numsub(channel)[0][1]
     finally:
         close_client(client)
-    # QueueManager: its connection comes from redis_client(), so Sentinel URLs work the same way
-    manager = QueueManager(url, channel=channel, write_only=True)
+    # its connection comes from redis_client(), so Sentinel URLs work the same way
+    manager = queue_manager(url, channel=channel, write_only=True)
     manager.emit(event, data, namespace=namespace, room=room)
     return subscribers
 

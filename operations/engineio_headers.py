@@ -16,11 +16,11 @@ handshake instead (clients start with polling by default), or add them in HAProx
 (`http-response add-header Set-Cookie ... if { status 101 }`).
 """
 
+from urllib.parse import parse_qs  # as python-engineio reads the query string
+
 from werkzeug.http import parse_cookie
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request
-
-from patches.query_string import parse_qs
 
 
 class HookRequest(Request):

@@ -4,7 +4,8 @@
 REDIS_URL: one process, no queue). It first waits up to REDIS_WAIT_SECONDS for Redis, logging what it
 waits for, then starts anyway: an instance never crash-loops because Redis is late or gone.
 
-`QueueManager` is python-socketio's RedisManager with four changes, all about Redis being away:
+`QueueManager` (patches/queue_manager.py) is python-socketio's RedisManager with four changes, all about
+Redis being away:
 
 - Emits are always delivered to this instance's own clients first (python-socketio does that), then
   published for the other instances. While Redis is unreachable the publish is dropped: one WARNING when
@@ -21,8 +22,9 @@ waits for, then starts anyway: an instance never crash-loops because Redis is la
 redis:// and rediss:// through redis.Redis.from_url, redis+sentinel://host:port,.../db/service through
 redis.sentinel.Sentinel(...).master_for(service), which finds the current primary again after a failover.
 
-It overrides private methods of python-socketio 5.18's RedisManager (`_redis_connect`, `_publish`,
-`_redis_listen_with_retries`); requirements.txt pins that version; re-run tests/test_faults.py when upgrading.
+QueueManager overrides non-public methods of python-socketio's RedisManager, so it lives in
+patches/queue_manager.py, pinned: with another python-socketio version `connect()` gives python-socketio's own
+RedisManager (one log line) and the app still works, without the four changes above.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def wait_for_redis(url, seconds, display_url):
 
 
 def connect(settings):
-    """The client manager for create_app(): None without REDIS_URL, else a QueueManager (after waiting for
+    """The client manager for create_app(): None without REDIS_URL, else a queue manager (after waiting for
     Redis up to REDIS_WAIT_SECONDS)."""
     if not settings.redis_url:
         return None
@@ -159,118 +161,15 @@ def connect(settings):
     display_url = mask_url_password(settings.redis_url)
     if settings.redis_wait_seconds > 0:
         wait_for_redis(settings.redis_url, settings.redis_wait_seconds, display_url)
-    return QueueManager(settings.redis_url, channel=settings.message_queue_channel, display_url=display_url)
+    return queue_manager(settings.redis_url, channel=settings.message_queue_channel, display_url=display_url)
 
 
-class QueueManager(socketio.RedisManager):
-    """RedisManager that degrades to "this instance only" while Redis is away; see the module docstring."""
+def queue_manager(url, channel, display_url=None, **kwargs):
+    """patches/queue_manager.py's QueueManager while python-socketio is a version it was verified against, else
+    python-socketio's own RedisManager (it works, without the outage handling described above)."""
+    from patches import pins
+    from patches import queue_manager as patched
 
-    def __init__(self, url, channel="flask-socketio", display_url=None, **kwargs):
-        super().__init__(url, channel=channel, **kwargs)
-        self.display_url = display_url or url
-        self.subscriber = None  # the client behind self.pubsub
-        self.publish_down_since = None  # monotonic time of the first failed publish of an outage
-        self.publish_next_try = 0.0
-        self.dropped = 0
-        self.dropped_reported = 0
-        self.last_report = 0.0
-
-    # --- connections --------------------------------------------------------------------------------
-    def _redis_connect(self):
-        """Publisher connection: bounded waits. (The subscriber has its own, see _subscribe.)"""
-        if self.redis is not None:
-            close_client(self.redis)
-        self.redis = redis_client(self.redis_url, socket_timeout=SOCKET_TIMEOUT)
-        self.connected = True
-
-    def _subscribe(self):
-        if self.pubsub is not None:
-            try:
-                self.pubsub.close()
-                close_client(self.subscriber)
-            except Exception:  # noqa: BLE001 - the old connection is gone anyway
-                pass
-        # no socket_timeout: a subscriber is idle until someone emits
-        self.subscriber = redis_client(self.redis_url)
-        self.pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(self.channel)
-
-    # --- publishing ---------------------------------------------------------------------------------
-    def _publish(self, data):
-        message = self.json.dumps(data)
-        now = time.monotonic()
-        if self.publish_down_since is not None and now < self.publish_next_try:
-            return self._dropped(None)
-        for _attempt in range(2):  # a stale connection gets one fresh retry
-            try:
-                if not self.connected:
-                    self._redis_connect()
-                result = self.redis.publish(self.channel, message)
-            except Exception as exc:  # noqa: BLE001 - redis errors, OSError, timeouts
-                self.connected = False
-                error = exc
-                continue
-            self._publish_ok()
-            return result
-        self.publish_next_try = time.monotonic() + RETRY_SECONDS
-        return self._dropped(error)
-
-    def _dropped(self, error):
-        now = time.monotonic()
-        self.dropped += 1
-        if self.publish_down_since is None:
-            self.publish_down_since = self.last_report = now
-            self.dropped_reported = self.dropped - 1
-            log.warning(
-                "message queue %s unreachable (%s): emits reach this instance's clients only; messages for "
-                "other instances are dropped until it is back",
-                self.display_url,
-                describe(error),
-            )
-        elif now - self.last_report >= LOG_EVERY:
-            log.warning(
-                "message queue %s still unreachable after %.0fs: %d messages for other instances dropped",
-                self.display_url,
-                now - self.publish_down_since,
-                self.dropped - self.dropped_reported,
-            )
-            self.last_report = now
-        return None
-
-    def _publish_ok(self):
-        if self.publish_down_since is not None:
-            log.warning(
-                "message queue %s reachable again after %.1fs: %d messages for other instances were dropped meanwhile",
-                self.display_url,
-                time.monotonic() - self.publish_down_since,
-                self.dropped - self.dropped_reported,
-            )
-            self.publish_down_since = None
-
-    # --- subscribing --------------------------------------------------------------------------------
-    def _redis_listen_with_retries(self):
-        down_since = None
-        while True:
-            try:
-                self._subscribe()
-                if down_since is not None:
-                    log.warning(
-                        "message queue %s: subscribed again after %.1fs; messages from other instances arrive again",
-                        self.display_url,
-                        time.monotonic() - down_since,
-                    )
-                    down_since = None
-                yield from self.pubsub.listen()
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.warning(
-                        "message queue %s: subscription lost (%s); messages from other instances are "
-                        "not received until it is back; retrying every %.0fs",
-                        self.display_url,
-                        describe(exc),
-                        RETRY_SECONDS,
-                    )
-                else:
-                    log.debug("message queue %s: still unreachable (%s)", self.display_url, describe(exc))
-                time.sleep(RETRY_SECONDS)
+    if pins.verified("queue_manager", patched.VERIFIED):
+        return patched.QueueManager(url, channel=channel, display_url=display_url, **kwargs)
+    return socketio.RedisManager(url, channel=channel, **kwargs)

@@ -16,15 +16,13 @@ log = logging.getLogger("patches")
 SPEEDUP_NAMES = (
     "event_context",
     "session_cache",
-    "json_codec",
     "pywsgi_speedups",
     "websocket_speedups",
-    "query_string",
-    "engineio_cors",
     "connection_memory",
     "websocket_writes",
-    "inline_handlers",
 )
+# The replacements the operations layer installs itself (not switched by SPEEDUPS).
+OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager")
 
 
 def apply(module, *args):

@@ -87,6 +87,8 @@ REPLACES = [
     "geventwebsocket.handler.WebSocketHandler.run_websocket",
     "eio.handlers[connect]",
 ]
+ROWS = [("broadcast", "app_rss_kb_per_conn")]  # the benchmark rows it serves (patches/README.md)
+PROVEN_BY = "tests/test_connection_memory.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):

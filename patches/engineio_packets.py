@@ -29,6 +29,8 @@ from patches import pins
 
 VERIFIED = {"python-engineio": ("4.15.1",)}
 REPLACES = ["engineio.packet.Packet.decode"]
+SERVES = "bad input: undecodable packets close only their session (operations/limits.py)"
+PROVEN_BY = "tests/test_bad_input.py, tests/test_patches_operations.py"
 
 log = logging.getLogger(__name__)
 

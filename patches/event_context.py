@@ -158,6 +158,11 @@ class RealtimeSocketIO(SocketIO):
 
 VERIFIED = {"flask": ("3.1.3",), "flask-socketio": ("5.7.0",), "werkzeug": ("3.1.9",)}
 REPLACES = [*(f"app.{name}" for name in FLASK_METHODS), "app.request_class", "socketio._handle_event"]
+ROWS = [
+    ("echo_ws", "app_cpu_ms_per_1000"),
+    ("echo_polling", "app_cpu_ms_per_1000"),
+]  # the benchmark rows it serves (patches/README.md)
+PROVEN_BY = "tests/test_event_context.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):

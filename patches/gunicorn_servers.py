@@ -17,6 +17,8 @@ from patches import pins
 
 VERIFIED = {"gunicorn": ("27.0.1",)}
 REPLACES = ["gunicorn.workers.ggevent.StreamServer"]
+SERVES = "graceful stop under gunicorn's plain gevent worker (operations/lifecycle.py)"
+PROVEN_BY = "tests/test_gunicorn_conf.py, tests/test_patches_operations.py"
 
 listeners = []  # on_server callbacks, in install order
 

@@ -33,6 +33,8 @@ class CachedSerializerSessionInterface(SecureCookieSessionInterface):
 
 VERIFIED = {"flask": ("3.1.3",), "flask-socketio": ("5.7.0",)}  # Flask-SocketIO: the saved_session key
 REPLACES = ["app.session_interface"]
+ROWS = [("echo_ws", "app_cpu_ms_per_1000")]  # the benchmark rows it serves (patches/README.md)
+PROVEN_BY = "tests/test_app.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):

@@ -19,7 +19,6 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
-from patches import inline_handlers
 from patches.websocket_speedups import FrameWriter
 
 try:
@@ -44,18 +43,16 @@ def frame(message):
 
 def websocket_handler(sock, ws):
     """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter
-    (WEBSOCKET_DIRECT_SEND), and its events can run in its greenlet (patches/inline_handlers.py)."""
+    (WEBSOCKET_DIRECT_SEND)."""
     if engineio_socket.Socket.send is send:  # WEBSOCKET_DIRECT_SEND, as install() last set it
         websocket = getattr(ws, "_sock", None)
         writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
         if isinstance(writer, FrameWriter):
             sock.direct = (websocket, writer)
-    reader = inline_handlers.websocket_reading(sock, ws)
     try:
         return ENGINEIO_WEBSOCKET_HANDLER(sock, ws)
     finally:
         sock.direct = None
-        inline_handlers.stop_reading(reader)
 
 
 class Outbox:
@@ -142,6 +139,8 @@ REPLACES = [
     "engineio.socket.Socket.poll",
     "engineio.socket.Socket.close",
 ]
+ROWS = [("broadcast", "app_cpu_ms_per_1000")]  # the benchmark rows it serves (patches/README.md)
+PROVEN_BY = "tests/test_websocket_writes.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):
@@ -151,4 +150,4 @@ def install(socketio, app, settings):
     engineio_socket.Socket.send = send if enabled else ENGINEIO_SEND
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE
-    engineio_socket.Socket._websocket_handler = websocket_handler
+    engineio_socket.Socket._websocket_handler = websocket_handler if enabled else ENGINEIO_WEBSOCKET_HANDLER

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "bench")]
 
 
 def load(name):
@@ -270,13 +270,188 @@ def headline():
     return text
 
 
+AB_FILE = "speedups-ab/latest-ab.json"  # bench/ab_report.py's summary of the speedups' A/B
+AA = "template+SPEEDUPS=on"  # the template again: its ratios are the run-to-run spread
+METRIC_LABELS = {
+    "app_cpu_ms_per_1000": "app CPU per message",
+    "echo_per_s": "throughput",
+    "app_rss_kb_per_conn": "app memory per connection",
+}
+# A speedup stays when leaving it off costs this much or more on its row (median), and more than the A/A spread.
+KEEP_AT = 0.03
+# Speedups that the A/B showed not to pay for themselves, removed from patches/: what each replaced.
+REMOVED_SPEEDUPS = {
+    "json_codec": (
+        "Socket.IO and Engine.IO packets' JSON through orjson (`socketio.packet.Packet.json`, "
+        "`engineio.packet.Packet.json`), with a fallback to json where the two differ; orjson left "
+        "requirements.txt with it",
+        [
+            ("echo_ws", "app_cpu_ms_per_1000"),
+            ("echo_polling", "app_cpu_ms_per_1000"),
+            ("broadcast", "app_cpu_ms_per_1000"),
+        ],
+    ),
+    "query_string": (
+        "python-engineio's `parse_qs` (`engineio.server.urllib`): a split when nothing needs unquoting",
+        [("echo_polling", "app_cpu_ms_per_1000")],
+    ),
+    "engineio_cors": (
+        "python-engineio's `BaseServer._cors_allowed_origins`, skipped for requests without an Origin header",
+        [("echo_polling", "app_cpu_ms_per_1000")],
+    ),
+    "inline_handlers": (
+        "python-socketio's `Server._handle_event`: a WebSocket's events in the reading greenlet until a handler "
+        "waits (`INLINE_HANDLERS`), others in reused greenlets (`IDLE_EVENT_GREENLETS`); both settings went "
+        "with it, and events get python-socketio's greenlet each again (`ASYNC_HANDLERS`)",
+        [("echo_ws", "app_cpu_ms_per_1000"), ("echo_polling", "app_cpu_ms_per_1000")],
+    ),
+}
+# The settings inside a speedup, measured the same way: variant -> what it turns off.
+SETTING_VARIANTS = {
+    "template+WEBSOCKET_DIRECT_SEND=false": "websocket_writes' direct send (the setting within it)",
+    "template+INLINE_HANDLERS=false": "inline_handlers' events in the reading greenlet (since removed)",
+    "template+IDLE_EVENT_GREENLETS=0": "inline_handlers' reused event greenlets (since removed)",
+    "template+SPEEDUPS=off": "every speedup of the A/B (the removed ones too)",
+}
+
+
+def ab_cell(ab, variant, scenario, metric):
+    figures = ab.get(variant, {}).get(scenario, {}).get(metric)
+    if not figures:
+        return "not measured"
+    runs = "/".join(f"{value:.3f}" for value in figures["runs"])
+    return f"{scenario} {METRIC_LABELS[metric]}: **{figures['median']:.3f}** ({runs})"
+
+
+def aa_spread(ab, scenario, metric):
+    figures = ab.get(AA, {}).get(scenario, {}).get(metric)
+    if not figures:
+        return "not measured"
+    return f"{min(figures['runs']):.3f}–{max(figures['runs']):.3f}"
+
+
+def speedups_tables():
+    """patches/README.md: each replacement, what it replaces, the versions it was verified against, the
+    benchmark row it serves with its A/B figure, and the test that proves it answers as the library does."""
+    import importlib
+
+    from patches import OPERATIONS_PATCHES, SPEEDUP_NAMES
+
+    ab = load(AB_FILE)
+
+    def described(module):
+        replaces = "<br>".join(f"`{target}`" for target in module.REPLACES)
+        verified = "<br>".join(f"{dist} {' / '.join(versions)}" for dist, versions in module.VERIFIED.items())
+        return replaces, verified
+
+    lines = [
+        "**Speedups** (`SPEEDUPS=off` turns them all off). *Without it*: the template with this speedup left "
+        "off (`SPEEDUPS_SKIP=name`), divided by the template in the same run, median of the runs (each run); "
+        "above 1 for CPU or memory and below 1 for throughput means the speedup pays. *A/A*: the template "
+        "against itself on the same row, the run-to-run spread.",
+        "",
+        "| speedup | replaces | verified against | without it | A/A | proven by |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SPEEDUP_NAMES:
+        module = importlib.import_module(f"patches.{name}")
+        replaces, verified = described(module)
+        variant = f"template+SPEEDUPS_SKIP={name}"
+        figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
+        spread = "<br>".join(aa_spread(ab, *row) for row in module.ROWS)
+        lines.append(f"| `{name}` | {replaces} | {verified} | {figures} | {spread} | `{module.PROVEN_BY}` |")
+    lines += [
+        "",
+        "**Settings inside the speedups and the switch itself**, measured the same way:",
+        "",
+        "| variant | turns off | echo_ws app CPU | echo_polling app CPU | broadcast app CPU | broadcast app KB/conn |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, what in SETTING_VARIANTS.items():
+        cells = [
+            ab_cell(ab, variant, scenario, metric).split(": ", 1)[-1]
+            for scenario, metric in (
+                ("echo_ws", "app_cpu_ms_per_1000"),
+                ("echo_polling", "app_cpu_ms_per_1000"),
+                ("broadcast", "app_cpu_ms_per_1000"),
+                ("broadcast", "app_rss_kb_per_conn"),
+            )
+        ]
+        lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**For the operations layer** (on whatever `SPEEDUPS` says, while their versions match):",
+        "",
+        "| module | replaces | verified against | serves | proven by |",
+        "|---|---|---|---|---|",
+    ]
+    for name in OPERATIONS_PATCHES:
+        module = importlib.import_module(f"patches.{name}")
+        replaces, verified = described(module)
+        lines.append(f"| `{name}` | {replaces} | {verified} | {module.SERVES} | `{module.PROVEN_BY}` |")
+    lines += [
+        "",
+        f"**Removed**: speedups whose gain did not stand clear of the spread (less than {KEEP_AT:.0%} on their "
+        "row, or within the A/A range), measured as above before they were removed:",
+        "",
+        "| speedup | what it replaced | without it |",
+        "|---|---|---|",
+    ]
+    for name, (what, rows) in REMOVED_SPEEDUPS.items():
+        figures = "<br>".join(ab_cell(ab, f"template+SPEEDUPS_SKIP={name}", *row) for row in rows)
+        lines.append(f"| `{name}` | {what} | {figures} |")
+    return "\n".join(lines)
+
+
+AFTER_PRUNING = "after-pruning/latest.json"  # bench/run of template, node, asgi after the speedups' pruning
+
+
+def after_pruning():
+    """docs/performance.md: the goals' ratios before the pruning (latest.json) and after it, runs side by side."""
+    before, after = load("latest.json"), load(AFTER_PRUNING)
+    rows = [
+        ("WebSocket echo, echoes/s vs Node", "echo_ws", "echo_per_s", "node"),
+        ("WebSocket echo, app CPU per 1,000 vs Node", "echo_ws", "app_cpu_ms_per_1000", "node"),
+        ("long-polling echo, echoes/s vs ASGI", "echo_polling", "echo_per_s", "asgi"),
+        ("long-polling echo, app CPU per 1,000 vs ASGI", "echo_polling", "app_cpu_ms_per_1000", "asgi"),
+        ("broadcast, delivered vs Node", "broadcast", "delivered_fraction", "node"),
+        ("app memory per connection (connect) vs Node", "connect", "app_rss_kb_per_conn", "node"),
+    ]
+    lines = [
+        f"Template ÷ reference, medians (single runs in brackets). Before: {before['sizes']['runs']} runs at "
+        f"{before['machine']['template_git'].split(' ')[0]}; after: {after['sizes']['runs']} runs at "
+        f"{after['machine']['template_git'].split(' ')[0]} ({after['machine']['date'][:10]}).",
+        "",
+        "| row | before the pruning | after the pruning |",
+        "|---|---|---|",
+    ]
+    for label, scenario, key, other in rows:
+        cells = []
+        for doc in (before, after):
+            value = ratio(median(doc, scenario, "template", key), median(doc, scenario, other, key))
+            runs = [
+                ratio(run.get(scenario, {}).get("template", {}).get(key), run.get(scenario, {}).get(other, {}).get(key))
+                for run in doc["runs"]
+            ]
+            shown = "/".join(fmt_ratio(r) for r in runs if r is not None)
+            cells.append(f"{fmt_ratio(value)} ({shown})" if value is not None else "not measured")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 # Which generated sections each file holds, between <!-- figures:NAME (scripts/readme_figures.py) --> and
 # <!-- /figures:NAME -->.
 TARGETS = {
     "README.md": {"headline": headline},
-    "docs/performance.md": {"goals": goals_table, "tuning": tuning_table, "bench": bench_tables},
+    "docs/performance.md": {
+        "goals": goals_table,
+        "tuning": tuning_table,
+        "bench": bench_tables,
+        "after-pruning": after_pruning,
+    },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table},
+    "patches/README.md": {"speedups": speedups_tables},
 }
 
 

@@ -225,7 +225,7 @@ def test_handshakes_are_what_python_engineio_takes_for_one(method, query, handsh
 
 
 def test_handshakes_on_random_query_strings_are_what_parse_qs_gives():
-    """is_handshake reads query strings with patches/query_string.py: urllib's answer on any mix of fields."""
+    """is_handshake reads query strings as python-engineio does (urllib's parse_qs), on any mix of fields."""
     import random
     from urllib.parse import parse_qs
 
@@ -252,24 +252,3 @@ def test_hook_requests_share_one_parse_per_cookie_header_and_keep_it_bounded():
     for n in range(engineio_headers.PARSED_COOKIES_KEPT + 10):
         cookies(f"randomId={n}")
     assert len(engineio_headers.PARSED_COOKIES) <= engineio_headers.PARSED_COOKIES_KEPT
-
-
-def test_engineio_reads_query_strings_as_parse_qs_does():
-    """patches/query_string.py: python-engineio's parse_qs gives urllib's answer on random query strings."""
-    import random
-    import urllib.parse
-    import urllib.request
-
-    from engineio import server as engineio_server
-
-    from patches import query_string
-
-    query_string.install()
-    assert engineio_server.urllib.parse.parse_qs is query_string.parse_qs
-    assert engineio_server.urllib.parse.quote is urllib.parse.quote and engineio_server.urllib.request is urllib.request
-    rng = random.Random(7)
-    parts = ["EIO=4", "sid", "sid=", "sid=a", "sid=a=b", "=", "=x", "", "t=P", "t=Q", "%41=1", "a+b=2", "é=ü", "j=%2"]
-    for _ in range(3000):
-        query = "&".join(rng.choice(parts) for _ in range(rng.randint(0, 6)))
-        assert query_string.parse_qs(query) == urllib.parse.parse_qs(query), query
-    assert query_string.parse_qs("a=&b=1", keep_blank_values=True) == {"a": [""], "b": ["1"]}

@@ -142,7 +142,7 @@ def test_message_queue_errors_are_counted(manager_class):
     """A real manager whose Redis is a closed port: the publish of an emit is dropped and counted."""
     from native_stack import free_port
 
-    from operations.message_queue import QueueManager
+    from patches.queue_manager import QueueManager
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     manager = socketio.RedisManager(url) if manager_class == "stock" else QueueManager(url)

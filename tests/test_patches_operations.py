@@ -1,8 +1,8 @@
-"""The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers) stay off with
-a library version they were not verified against: one log line names the patch and the version found, every
-target in REPLACES keeps the library's own value, and the app still serves. Each case runs in a fresh process,
-since these replacements are process-wide; a positive control shows that, pins matching, the targets hold the
-patches' values."""
+"""The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers,
+queue_manager) stay off with a library version they were not verified against: one log line names the patch
+and the version found, every target in REPLACES keeps the library's own value, and the app still serves. Each
+case runs in a fresh process, since these replacements are process-wide; a positive control shows that, pins
+matching, the targets hold the patches' values."""
 
 import json
 import os
@@ -123,7 +123,7 @@ from flask_socketio import SocketIO
 
 from application.config import Settings
 from operations import instrument
-from operations.message_queue import QueueManager
+from patches.queue_manager import QueueManager
 
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
@@ -135,6 +135,20 @@ instrument.install(queued, private)
 result["queue_targets"] = live_targets(
     {"server": queued.server, "eio": queued.server.eio, "manager": queued.server.manager}
 )
+""",
+    # the message queue's manager as operations/message_queue.py makes it (its Redis is a closed port)
+    "queue_manager": r"""
+import socket
+
+from operations import message_queue
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+manager = message_queue.queue_manager(f"redis://127.0.0.1:{port}/0", channel="flask-socketio")
+result["lines"] = patch_lines()
+result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
+result["queue_targets"] = live_targets({"manager": manager})
 """,
     # lifecycle.install as gunicorn.conf.py's post_worker_init calls it, for the plain gevent worker
     "gunicorn_servers": r"""
@@ -188,11 +202,12 @@ def assert_serves(result):
     assert result["healthz"] == 200 and result["metrics_status"] == 200, result
 
 
-def assert_library_values(targets):
+def assert_library_values(targets, patch=""):
+    """Not replaced by patches.<patch> (by default: by no module of patches/)."""
     for target, value in targets.items():
         if not value["present"]:  # e.g. manager._publish on the in-process manager: nothing to replace
             continue
-        assert not value["module"].startswith("patches."), (target, value)
+        assert not value["module"].startswith(f"patches.{patch}"), (target, value)
         assert not value.get("instance_override"), (target, value)
         assert value.get("same_as_before", True), (target, value)
 
@@ -254,7 +269,7 @@ def test_socketio_hooks_with_unverified_libraries_hook_nothing_and_metrics_still
     result, _ = run_case("socketio_hooks", "mismatch")
     assert_one_line_naming_the_versions_found("socketio_hooks", result)
     assert_library_values(result["targets"])
-    assert_library_values(result["queue_targets"])
+    assert_library_values(result["queue_targets"], patch="socketio_hooks")  # queue_manager's own methods stay
     assert all(value["present"] for value in result["queue_targets"].values()), result["queue_targets"]
     assert_serves(result)
     assert echoes_counted(result["metrics"]) == 0  # the hook that counts events is off: not counted
@@ -287,3 +302,19 @@ def test_gunicorn_servers_control_records_the_servers():
     target = result["targets"]["gunicorn.workers.ggevent.StreamServer"]
     assert target["module"] == "patches.gunicorn_servers" and not target["same_as_before"], target
     assert result["recorded"]  # lifecycle's list of servers got the one made
+
+
+def test_queue_manager_with_an_unverified_socketio_is_its_own_redis_manager():
+    result, _ = run_case("queue_manager", "mismatch")
+    assert_one_line_naming_the_versions_found("queue_manager", result)
+    assert result["manager_class"] == "socketio.redis_manager.RedisManager"
+    assert_library_values(result["queue_targets"])
+    assert_serves(result)
+
+
+def test_queue_manager_control_is_the_template_one():
+    result, _ = run_case("queue_manager", "match")
+    assert result["lines"] == []
+    assert result["manager_class"] == "patches.queue_manager.QueueManager"
+    assert_patch_values(result["queue_targets"])
+    assert_serves(result)

@@ -42,6 +42,20 @@ def polling_session_errors(url, sessions=6, requests_per_session=8):
     return errors
 
 
+def test_instances_run_with_the_speedups_asked_for(stack):
+    """CI runs the end-to-end core twice, the second time with SPEEDUPS=off: each instance says which it runs."""
+    from application.config import FALSE_WORDS
+
+    stock = os.environ.get("SPEEDUPS", "true").strip().lower() in FALSE_WORDS
+    logs = sorted(stack.logs.glob("app*.log"))
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert ("SPEEDUPS=off: the stock libraries run" in text) == stock, log
+        assert ("speedups on: event_context" in text) == (not stock), log
+        assert "stays off" not in text, log  # every replacement matches the installed versions
+
+
 def test_handshake_through_haproxy_sets_prefixed_io_cookie(own_stack):
     # a fresh stack: leastconn spreads handshakes evenly only while no other test's clients are connected
     url = own_stack().status()["url"]
