@@ -16,6 +16,7 @@ log = logging.getLogger("patches")
 SPEEDUP_NAMES = (
     "event_context",
     "session_cache",
+    "json_codec",
     "pywsgi_speedups",
     "websocket_speedups",
     "connection_memory",

@@ -267,10 +267,31 @@ def headline():
             f" In a separate run, {shipped['processes']} instances held {shipped['alive_after_hold']:,} of "
             f"{shipped['clients']:,} WebSocket clients ({shipped['failures']:,} failures)."
         )
+    after = load(AFTER_PRUNING)
+    text += (
+        f" After three speedups that did not pay for themselves were removed (template "
+        f"{after['machine']['template_git'].split(' ')[0]}, {after['machine']['date'][:10]}, "
+        f"{after['sizes']['runs']} runs): WebSocket echo "
+        + fmt_ratio(
+            ratio(median(after, "echo_ws", "template", "echo_per_s"), median(after, "echo_ws", "node", "echo_per_s"))
+        )
+        + " Node's, long-polling echo "
+        + fmt_ratio(
+            ratio(
+                median(after, "echo_polling", "template", "echo_per_s"),
+                median(after, "echo_polling", "asgi", "echo_per_s"),
+            )
+        )
+        + " ASGI's, "
+        + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
+        + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
+    )
     return text
 
 
-AB_FILE = "speedups-ab/latest-ab.json"  # bench/ab_report.py's summary of the speedups' A/B
+# bench/ab_report.py's summaries of the speedups' A/Bs, the later first: a variant's figures (and the A/A
+# spread beside them) come from the first file that measured it.
+AB_FILES = ("speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
 AA = "template+SPEEDUPS=on"  # the template again: its ratios are the run-to-run spread
 METRIC_LABELS = {
     "app_cpu_ms_per_1000": "app CPU per message",
@@ -281,16 +302,6 @@ METRIC_LABELS = {
 KEEP_AT = 0.03
 # Speedups that the A/B showed not to pay for themselves, removed from patches/: what each replaced.
 REMOVED_SPEEDUPS = {
-    "json_codec": (
-        "Socket.IO and Engine.IO packets' JSON through orjson (`socketio.packet.Packet.json`, "
-        "`engineio.packet.Packet.json`), with a fallback to json where the two differ; orjson left "
-        "requirements.txt with it",
-        [
-            ("echo_ws", "app_cpu_ms_per_1000"),
-            ("echo_polling", "app_cpu_ms_per_1000"),
-            ("broadcast", "app_cpu_ms_per_1000"),
-        ],
-    ),
     "query_string": (
         "python-engineio's `parse_qs` (`engineio.server.urllib`): a split when nothing needs unquoting",
         [("echo_polling", "app_cpu_ms_per_1000")],
@@ -315,7 +326,17 @@ SETTING_VARIANTS = {
 }
 
 
+def ab_source(variant):
+    """The A/B summary that measured this variant last (with its own A/A), or {}."""
+    for name in AB_FILES:
+        ab = load(name)
+        if variant in ab:
+            return ab
+    return {}
+
+
 def ab_cell(ab, variant, scenario, metric):
+    ab = ab_source(variant) or ab
     figures = ab.get(variant, {}).get(scenario, {}).get(metric)
     if not figures:
         return "not measured"
@@ -323,7 +344,8 @@ def ab_cell(ab, variant, scenario, metric):
     return f"{scenario} {METRIC_LABELS[metric]}: **{figures['median']:.3f}** ({runs})"
 
 
-def aa_spread(ab, scenario, metric):
+def aa_spread(ab, scenario, metric, variant=None):
+    ab = ab_source(variant) if variant else ab
     figures = ab.get(AA, {}).get(scenario, {}).get(metric)
     if not figures:
         return "not measured"
@@ -337,7 +359,7 @@ def speedups_tables():
 
     from patches import OPERATIONS_PATCHES, SPEEDUP_NAMES
 
-    ab = load(AB_FILE)
+    ab = load(AB_FILES[-1])
 
     def described(module):
         replaces = "<br>".join(f"`{target}`" for target in module.REPLACES)
@@ -358,7 +380,7 @@ def speedups_tables():
         replaces, verified = described(module)
         variant = f"template+SPEEDUPS_SKIP={name}"
         figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
-        spread = "<br>".join(aa_spread(ab, *row) for row in module.ROWS)
+        spread = "<br>".join(aa_spread(ab, *row, variant=variant) for row in module.ROWS)
         lines.append(f"| `{name}` | {replaces} | {verified} | {figures} | {spread} | `{module.PROVEN_BY}` |")
     lines += [
         "",
