@@ -98,6 +98,30 @@ class Histogram:
 ID_LIKE = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
+# The template's HAProxy names the per-address limit in each 429 it answers (haproxy/haproxy.cfg)
+PER_ADDRESS_LIMITS = {
+    "too many new sessions": "HAPROXY_PER_IP_SESSION_RATE (new Socket.IO sessions per 10 s)",
+    "too many open connections": "HAPROXY_PER_IP_CONN_CUR (open connections)",
+    "too many new connections": "HAPROXY_PER_IP_CONN_RATE (new TCP connections per 10 s)",
+}
+
+
+def limit_notes(errors):
+    """What the summary says when clients got 429: which per-address limit, and why a load test meets it."""
+    refused = [kind for kind in errors if kind.startswith("http 429")]
+    notes = [
+        f"HTTP 429 from the template HAProxy's per-address limit {setting}: every client of this run comes from "
+        "one address, which honest traffic from one address does not do at this size; for the test, raise it "
+        "on the stack under test (e.g. " + setting.split()[0] + "=1000000 scripts/stack up), connect more slowly "
+        "(--ramp-up), or split the clients over several machines"
+        for phrase, setting in PER_ADDRESS_LIMITS.items()
+        if any(phrase in kind for kind in refused)
+    ]
+    if refused and not notes:
+        notes.append("HTTP 429: the deployment refused requests for their rate; every client here has one address")
+    return notes
+
+
 def error_kind(text, limit=80):
     """A short, countable error kind: Engine.IO sids and other long ids replaced by <id>."""
     text = re.sub(r"<[^>]*>", " ", str(text).replace('"', ""))  # HTML error pages: their text only
@@ -479,6 +503,8 @@ def summary(run, elapsed):
     }
     if run.interrupted:
         result["interrupted"] = True
+    if notes := limit_notes(result["errors"]):
+        result["notes"] = notes
     if args.scenario == "echo":
         result["echo"] = {"rate_per_client": args.rate or None, "message_size": args.message_size}
     if args.scenario == "broadcast":

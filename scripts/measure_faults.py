@@ -862,7 +862,7 @@ def run(args):
                 restore()
             stacks.down()
         if want("bad_input"):
-            stack = stacks.make(replicas=1, MAX_HTTP_BUFFER_SIZE=65536, HAPROXY_PER_IP_CONN_RATE=100000)
+            stack = stacks.make(replicas=1, MAX_HTTP_BUFFER_SIZE=65536)
             results["bad_input"] = scenario_bad_input(stack, fuzz=300 if quick else 2000)
             stacks.down()
     finally:
