@@ -88,13 +88,18 @@ def fmt_ratio(value):
     return "–" if value is None else f"{value:.2f}x"
 
 
-def single_runs(doc, scenario, key, other, line):
-    """Each run's own template / other ratio (both measured in that run), and how many of them meet `line`."""
+def run_ratios(doc, scenario, key, other):
+    """Each run's own template / other ratio (both measured in that run), where the run has both."""
     values = [
         ratio(*(run.get(scenario, {}).get(system, {}).get(key) for system in ("template", other)))
         for run in doc["runs"]
     ]
-    values = [value for value in values if value is not None]
+    return [value for value in values if value is not None]
+
+
+def single_runs(doc, scenario, key, other, line):
+    """Each run's own template / other ratio, and how many of them meet `line`."""
+    values = run_ratios(doc, scenario, key, other)
     if not values:
         return ""
     met = sum(value >= line for value in values)
@@ -451,11 +456,7 @@ def after_pruning():
         cells = []
         for doc in (before, after):
             value = ratio(median(doc, scenario, "template", key), median(doc, scenario, other, key))
-            runs = [
-                ratio(run.get(scenario, {}).get("template", {}).get(key), run.get(scenario, {}).get(other, {}).get(key))
-                for run in doc["runs"]
-            ]
-            shown = "/".join(fmt_ratio(r) for r in runs if r is not None)
+            shown = "/".join(fmt_ratio(r) for r in run_ratios(doc, scenario, key, other))
             cells.append(f"{fmt_ratio(value)} ({shown})" if value is not None else "not measured")
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
