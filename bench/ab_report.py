@@ -1,6 +1,6 @@
 """A/B of template variants against the template, from one bench/run results file.
 
-    bench/run --systems template,template+SPEEDUPS=on,template+SPEEDUPS_SKIP=query_string,... \
+    bench/run --systems template,template+SPEEDUPS=on,template+SPEEDUPS_SKIP=session_cache,... \
         --scenarios echo_ws,echo_polling,broadcast --out bench/results/speedups-ab
     bench/.venv-asgi/bin/python bench/ab_report.py bench/results/speedups-ab/latest.json
 

@@ -136,7 +136,7 @@ ALT_ROOT = None  # --template-root: another checkout of the template, run as sys
 
 def variant_env(system):
     """`template+NAME=VALUE[+NAME=VALUE]`: the template with these settings, e.g. for an A/B of one speedup
-    (`template+SPEEDUPS_SKIP=query_string`); bench/ab_report.py compares each variant with `template`."""
+    (`template+SPEEDUPS_SKIP=session_cache`); bench/ab_report.py compares each variant with `template`."""
     if not system.startswith("template+"):
         return {}
     pairs = [item.partition("=") for item in system.split("+")[1:]]
