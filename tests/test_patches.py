@@ -4,6 +4,7 @@ Each test builds the app in a fresh process (the replacements are process-wide) 
 speedup names in REPLACES, whether the value there comes from the patches package or from the library."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,13 +72,17 @@ print(json.dumps({"targets": targets, "log": lines, "echo": echo,
 """
 
 
+def base_env():
+    """The caller's environment without the settings a probe sets itself (the suite may run with SPEEDUPS=off)."""
+    return {k: v for k, v in os.environ.items() if k not in ("SPEEDUPS", "SPEEDUPS_SKIP", "REDIS_URL")}
+
+
 def probe(fake_mismatch=None, **env):
-    import os
 
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps({"fake_mismatch": fake_mismatch})],
         cwd=ROOT,
-        env={**os.environ, "APP_ENV": "development", "LOG_LEVEL": "info", **env},
+        env={**base_env(), "APP_ENV": "development", "LOG_LEVEL": "info", **env},
         capture_output=True,
         text=True,
         timeout=60,
