@@ -35,7 +35,7 @@ import gevent
 from operations import health
 from patches import gunicorn_servers
 
-log = logging.getLogger("operations.lifecycle")
+log = logging.getLogger("realtime.lifecycle")  # the logger name users filter on, kept across the move
 
 EXIT_MARGIN = 3.0  # seconds kept for gunicorn's own shutdown after the spread
 

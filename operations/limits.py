@@ -36,7 +36,7 @@ from socketio import packet as sio_packet
 
 from patches import engineio_packets
 
-log = logging.getLogger("operations.limits")
+log = logging.getLogger("realtime.limits")  # the logger name users filter on, kept across the move
 
 WINDOW = 10.0  # seconds: flood counting window, and log throttling
 YIELD_EVERY = 50  # refused packets between two yields to the other greenlets

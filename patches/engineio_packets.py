@@ -32,7 +32,7 @@ REPLACES = ["engineio.packet.Packet.decode"]
 SERVES = "bad input: undecodable packets close only their session (operations/limits.py)"
 PROVEN_BY = "tests/test_bad_input.py, tests/test_patches_operations.py"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("realtime.limits")  # as before the move: it is a limit's warning
 
 WINDOW = 10.0  # seconds between two warnings
 state = {"count": 0, "last_log": float("-inf"), "library_decode": None}

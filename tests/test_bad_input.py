@@ -197,7 +197,7 @@ def test_handler_exceptions_become_error_acks_and_refused_connects(caplog):
         assert client.emit("boom", 1, callback=True) == {"error": "internal error"}
     assert client.emit("cap", 1, callback=True) == {"error": "you asked too much"}
     assert client.emit("nope", 1, callback=True) == {"error": "unknown event 'nope'"}
-    tracebacks = [r for r in caplog.records if r.name == "operations.limits" and r.exc_info]
+    tracebacks = [r for r in caplog.records if r.name == "realtime.limits" and r.exc_info]
     assert len(tracebacks) == 1  # the next ones within 10s are counted, not printed
 
     @sio.on("connect", namespace="/guarded")
