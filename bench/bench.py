@@ -13,9 +13,7 @@ Results: bench/results/latest.json (raw + medians), latest.md (the table of docs
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
 import json
 import os
 import platform
@@ -250,9 +248,7 @@ class Running:
         total = 0
         for st in [self.state, *self.extra_lbs]:
             try:
-                rows = csv.DictReader(
-                    io.StringIO(native_stack.haproxy_command(st["haproxy"]["socket"], "show stat").lstrip("# "))
-                )
+                rows = native_stack.haproxy_stats(st["haproxy"]["socket"])
                 total += sum(int(r["dreq"] or 0) for r in rows if r["pxname"] == "public" and r["svname"] == "FRONTEND")
             except (OSError, KeyError, ValueError):
                 return None

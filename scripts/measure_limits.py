@@ -17,8 +17,6 @@ asserts: the printed JSON is the measurement.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import re
@@ -40,7 +38,7 @@ import socketio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure_faults import stack_env  # noqa: E402
-from native_stack import ROOT, Stack, free_port, haproxy_command  # noqa: E402
+from native_stack import ROOT, Stack, free_port, haproxy_command, haproxy_stats  # noqa: E402
 
 NODE_ECHOERS = ROOT / "tests" / "node" / "sio-echoers.mjs"
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -70,7 +68,7 @@ def runtime(stack, command):
 
 def frontend_stats(stack):
     """The `public` frontend's row of `show stat`: dreq (requests denied by rules: the 429s), conn_tot, req_tot."""
-    rows = csv.DictReader(io.StringIO(runtime(stack, "show stat").lstrip("# ")))
+    rows = haproxy_stats(stack.load()["haproxy"]["socket"])
     row = next(r for r in rows if r["pxname"] == "public" and r["svname"] == "FRONTEND")
     return {key: int(row[key] or 0) for key in ("dreq", "conn_tot", "req_tot", "hrsp_4xx")}
 

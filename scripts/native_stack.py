@@ -132,6 +132,11 @@ def haproxy_command(sock_path, command):
     return b"".join(chunks).decode()
 
 
+def haproxy_stats(sock_path):
+    """HAProxy's `show stat`, one dict per proxy or server row (pxname, svname, status, dreq, ...)."""
+    return list(csv.DictReader(io.StringIO(haproxy_command(sock_path, "show stat").lstrip("# "))))
+
+
 class Stack:
     """A native stack whose state (pids, ports, logs) lives in one folder."""
 
@@ -377,11 +382,9 @@ class Stack:
     def server_states(self, state=None):
         """{server name: HAProxy status (UP, DOWN, MAINT, ...)} from the runtime API."""
         state = state or self.load()
-        text = haproxy_command(state["haproxy"]["socket"], "show stat")
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
         return {
             row["svname"]: row["status"]
-            for row in rows
+            for row in haproxy_stats(state["haproxy"]["socket"])
             if row["pxname"] == "app" and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 

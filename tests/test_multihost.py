@@ -18,8 +18,6 @@ be made (not root, no iproute2, a container without CAP_SYS_ADMIN).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import secrets
@@ -160,10 +158,9 @@ class Network:
 
 def server_states(socket_path):
     sys.path.insert(0, str(ROOT / "scripts"))
-    from native_stack import haproxy_command
+    from native_stack import haproxy_stats
 
-    rows = csv.DictReader(io.StringIO(haproxy_command(socket_path, "show stat").lstrip("# ")))
-    return {row["svname"]: row["status"] for row in rows if row["pxname"] == "app"}
+    return {row["svname"]: row["status"] for row in haproxy_stats(socket_path) if row["pxname"] == "app"}
 
 
 def wait_until(predicate, timeout, what):
