@@ -10,6 +10,8 @@ with another version installed it stays off and logs one line (patches/pins.py).
 import importlib
 import logging
 
+from patches import pins  # the standard library only: safe to import in gunicorn's master
+
 log = logging.getLogger("patches")
 
 # In install order. Importing this package imports none of them (gunicorn's master reads the names).
@@ -28,8 +30,6 @@ OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", 
 
 def apply(module, *args):
     """module.install(*args) if the installed libraries are versions the module was verified against."""
-    from patches import pins
-
     name = module.__name__.rsplit(".", 1)[-1]
     if not pins.verified(name, module.VERIFIED):
         return False

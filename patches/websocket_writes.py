@@ -42,13 +42,12 @@ def frame(message):
 
 
 def websocket_handler(sock, ws):
-    """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter
-    (WEBSOCKET_DIRECT_SEND)."""
-    if engineio_socket.Socket.send is send:  # WEBSOCKET_DIRECT_SEND, as install() last set it
-        websocket = getattr(ws, "_sock", None)
-        writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
-        if isinstance(writer, FrameWriter):
-            sock.direct = (websocket, writer)
+    """engineio's handler of an open WebSocket; while it runs, send() can reach the WebSocket's FrameWriter.
+    install() sets it only together with send(), so it runs only with WEBSOCKET_DIRECT_SEND."""
+    websocket = getattr(ws, "_sock", None)
+    writer = getattr(getattr(getattr(websocket, "stream", None), "write", None), "__self__", None)
+    if isinstance(writer, FrameWriter):
+        sock.direct = (websocket, writer)
     try:
         return ENGINEIO_WEBSOCKET_HANDLER(sock, ws)
     finally:
