@@ -1,8 +1,12 @@
 # One Socket.IO instance: gunicorn with one gevent-websocket worker, configured by gunicorn.conf.py and
 # environment variables. Run several of these behind HAProxy (docker-compose.yml) to use more cores.
+# Base images: one build argument each (docker-compose.yml passes NODE_IMAGE / PYTHON_IMAGE from .env),
+# for a registry mirror or an air-gapped host (docs/docker.md#base-images).
+ARG NODE_IMAGE=node:20-bookworm-slim
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- static assets: socket.io-client from package-lock.json -----------------------------------------
-FROM node:20-bookworm-slim AS assets
+FROM ${NODE_IMAGE} AS assets
 WORKDIR /src
 # The wildcard lets the build go on when the project has no package.json (BuildKit copies nothing).
 COPY package*.json ./
@@ -12,7 +16,7 @@ RUN if [ -f package.json ]; then npm run build; fi \
     && mkdir -p static
 
 # --- Python dependencies, pinned in requirements.txt, in a virtualenv copied into the final image -----
-FROM python:3.11-slim-bookworm AS python-deps
+FROM ${PYTHON_IMAGE} AS python-deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -21,7 +25,7 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip check
 
 # --- runtime ----------------------------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -177,3 +177,31 @@ def sio_test_client(app):
     from app import socketio as server
 
     return lambda **kwargs: server.test_client(app, **kwargs)
+
+
+# --- Docker: a real engine and local stand-in images (tests/test_docker_*.py) --------------------------------
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker engine that answers: the one running, or a dockerd started here (as root) and stopped after.
+    Missing Docker skips the Docker tests on a developer's machine and fails them in CI (CI=true)."""
+    from docker_stack import DockerEngine, DockerError
+
+    try:
+        engine = DockerEngine.ensure()
+    except DockerError as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine):
+    """Image variables for compose: local stand-ins built from Debian's packages (no registry needed), unless
+    DOCKER_TEST_IMAGES=official (a host that can pull the official images)."""
+    from docker_stack import standin_env
+
+    if os.environ.get("DOCKER_TEST_IMAGES") == "official":
+        return {}
+    return standin_env()

@@ -1,0 +1,201 @@
+"""The compose stack driven from Python: a Docker engine, the stand-in images, and one compose project.
+Used by the Docker tests (tests/test_docker_compose.py, tests/test_docker_swarm.py) and by
+scripts/measure_docker.py. Everything is reached through the port HAProxy publishes on 127.0.0.1.
+
+    engine = DockerEngine.ensure()               # answers, or is started (as root) and stopped by stop()
+    env = standin_env()                          # PYTHON_IMAGE=... for images built without a registry
+    stack = ComposeStack("rt-test", env)         # one compose project (docker compose or docker-compose)
+    stack.up("--build"); stack.port; stack.down("-v")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from native_stack import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DockerError(RuntimeError):
+    pass
+
+
+def run(argv, timeout=600, check=True, env=None, input=None):
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, input=input, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise DockerError(
+            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def docker(*args, timeout=600, check=True, input=None):
+    return run(["docker", *args], timeout=timeout, check=check, input=input)
+
+
+def engine_answers():
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+
+
+class DockerEngine:
+    """The Docker engine the tests use: one that already answers, or a dockerd started here (root only)."""
+
+    def __init__(self, process=None, log=None):
+        self.process = process
+        self.log = log
+
+    @classmethod
+    def ensure(cls, log_path=None):
+        if engine_answers():
+            return cls()
+        if shutil.which("dockerd") is None or os.geteuid() != 0:
+            raise DockerError(
+                "no Docker engine answers `docker info`, and none can be started here "
+                "(needs root and dockerd: apt-get install docker.io)"
+            )
+        log_path = Path(log_path or ROOT / ".stack" / "dockerd.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+        process = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: process.poll() is not None or engine_answers(), 60, "dockerd to answer", interval=0.5)
+        except Exception:
+            process.kill()
+            raise
+        if process.poll() is not None:
+            raise DockerError(f"dockerd exited {process.returncode}; see {log_path}")
+        return cls(process, log)
+
+    def stop(self):
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log.close()
+        self.process = None
+
+
+def standin_env():
+    """PYTHON_IMAGE=..., NODE_IMAGE=... for the stand-ins scripts/standin-images builds (cached)."""
+    result = run([str(ROOT / "scripts" / "standin-images")], timeout=1200)
+    return dict(line.split("=", 1) for line in result.stdout.split())
+
+
+def compose_command():
+    """`docker compose` (v2) where the plugin is installed, else Debian's `docker-compose` (v1)."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise DockerError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def published_port_is_free(port):
+    from native_stack import port_is_free
+
+    return port_is_free(port, "0.0.0.0")
+
+
+class ComposeStack:
+    """One compose project of the repo's docker-compose.yml, on a free published port (STACK_PORT)."""
+
+    def __init__(self, project, env=None, files=(), port=None):
+        self.project = project
+        self.port = port or free_port()
+        self.files = [ROOT / "docker-compose.yml", *map(Path, files)]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("APP_REPLICAS", "STACK_PORT", "COMPOSE_FILE")},
+            **(env or {}),
+            "STACK_PORT": str(self.port),
+        }
+        self.command = compose_command()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def compose(self, *args, timeout=900, check=True, env=None):
+        argv = [*self.command, "-p", self.project, "--project-directory", str(ROOT)]
+        for file in self.files:
+            argv += ["-f", str(file)]
+        return run([*argv, *args], timeout=timeout, check=check, env={**self.env, **(env or {})})
+
+    def up(self, *args, timeout=900, env=None):
+        self.compose("up", "-d", *args, timeout=timeout, env=env)
+        self.wait_until_serving()
+
+    def down(self, *args):
+        return self.compose("down", "--timeout", "5", *args, timeout=300, check=False)
+
+    def containers(self, service=None, all=False):
+        """Container ids of the project (of one service), oldest first."""
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}"]
+        if service:
+            filters += ["--filter", f"label=com.docker.compose.service={service}"]
+        ids = docker("ps", "-q", *(["-a"] if all else []), *filters).stdout.split()
+        return [c["Id"] for c in sorted(self.inspect(*ids), key=lambda c: c["Created"])] if ids else []
+
+    def inspect(self, *ids):
+        return json.loads(docker("inspect", *ids).stdout) if ids else []
+
+    def hostnames(self, service="app"):
+        """container id -> the name the app reports (its hostname, the short container id)."""
+        return {c["Id"]: c["Config"]["Hostname"] for c in self.inspect(*self.containers(service))}
+
+    def health(self, container):
+        state = self.inspect(container)[0]["State"]
+        return state.get("Health", {}).get("Status", state["Status"])
+
+    def logs(self, service, tail=200):
+        return self.compose("logs", "--no-color", "--tail", str(tail), service, check=False).stdout
+
+    def get(self, path, timeout=5, headers=None):
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+
+    def haproxy_metrics(self):
+        """HAProxy's Prometheus metrics, from inside its container (the stats port is not published)."""
+        [haproxy] = self.containers("haproxy")
+        return docker("exec", haproxy, "wget", "-q", "-O", "-", "http://127.0.0.1:8404/metrics").stdout
+
+    def servers_up(self):
+        """Backend servers HAProxy has UP (the server-template slots filled through Docker's DNS)."""
+        return len(
+            re.findall(
+                r'^haproxy_server_status\{proxy="app",server="[^"]+",state="UP"\} 1$', self.haproxy_metrics(), re.M
+            )
+        )
+
+    def wait_until_serving(self, replicas=None, timeout=180):
+        """Every container healthy (one-shots exited 0), HAProxy serving a handshake, `replicas` servers UP."""
+
+        def ready():
+            for container in self.inspect(*self.containers(all=True)):
+                state = container["State"]
+                if container["Config"]["Labels"].get("com.docker.compose.service") == "secrets-init":
+                    if state["Status"] != "exited" or state["ExitCode"] != 0:
+                        return False
+                elif state.get("Health", {}).get("Status", "healthy") != "healthy" or not state["Running"]:
+                    return False
+            try:
+                status, _, _ = self.get("/socket.io/?EIO=4&transport=polling", timeout=2)
+            except OSError:
+                return False
+            return status == 200 and (replicas is None or self.servers_up() == replicas)
+
+        wait_for(ready, timeout, f"compose project {self.project} to serve", interval=1)
