@@ -464,6 +464,35 @@ def after_pruning():
 
 # Which generated sections each file holds, between <!-- figures:NAME (scripts/readme_figures.py) --> and
 # <!-- /figures:NAME -->.
+def docker_report():
+    """docs/docker.md#measured, from scripts/measure_docker.py."""
+    doc = load("docker/latest.json")
+    up, kill = doc["up"], doc["kill"]
+    rows = [
+        "| what | measured |",
+        "|---|---|",
+        f"| `up --build`, cold, until HAProxy serves every replica | {up['cold_build_s']:.0f} s |",
+        f"| `up --build` again (build cache), after a `down` | {up['warm_build_s']:.0f} s |",
+    ]
+    if up.get("standins_from_debootstrap_s"):
+        rows.append(f"| `scripts/standin-images` from a new debootstrap | {up['standins_from_debootstrap_s']:.0f} s |")
+    rows.append(
+        f"| `docker kill` of one of 3 replicas: its {kill['on_killed_replica']} of {kill['clients']} Node clients "
+        f"connected again after (median / max) | {kill['median_s']:.1f} s / {kill['max_s']:.1f} s; "
+        f"clients of the other replicas disconnected: {kill['others_disconnected']} |"
+    )
+    images = [
+        "",
+        "| image | size | version |",
+        "|---|---|---|",
+        f"| the app, built from the Dockerfile on the stand-in Python | {doc['images']['app (built from the Dockerfile)']:.0f} MB | |",
+    ]
+    for variable, standin in doc["standins"].items():
+        images.append(f"| `{variable}` stand-in `{standin['image']}` | {standin['size_mb']:.0f} MB | {standin['version']} |")
+    machine = f"\nDocker {doc['docker']}, {doc['compose']}, {doc['machine']['cpus']} cores."
+    return "\n".join(rows + images) + "\n" + machine
+
+
 TARGETS = {
     "README.md": {"headline": headline},
     "docs/performance.md": {
@@ -474,6 +503,7 @@ TARGETS = {
     },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table},
+    "docs/docker.md": {"docker": docker_report},
     "patches/README.md": {"speedups": speedups_tables},
 }
 

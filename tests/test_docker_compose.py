@@ -127,12 +127,15 @@ def test_scale_up_to_five_and_back_without_restarting_haproxy(compose):
     assert ready == 40
     assert {instances_of(c)[0] for c in clients} == set(compose.hostnames().values())
     assert len(set(compose.hostnames().values())) == 5
+    # APP_REPLICAS=5 is what a later `up -d` keeps (deploy.replicas); without it, `up -d` goes back to 3
+    compose.up(env={"APP_REPLICAS": "5"})
+    assert len(compose.containers("app")) == 5
 
     # back to 3 while clients are connected: those of the 2 removed replicas move to the 3 kept ones
     run = Fleet(compose.url, 40, 45)
     assert run.ready == 40
     kept = set(list(compose.hostnames().values())[:3])
-    compose.compose("up", "-d", "--no-recreate", "--scale", "app=3")
+    compose.compose("up", "-d")
     clients = run.result()
     assert set(compose.hostnames().values()) == kept
     compose.wait_until_serving(replicas=3)
