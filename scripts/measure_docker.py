@@ -40,7 +40,9 @@ VERSION_COMMANDS = {  # what each stand-in runs, as its official image would: th
 
 
 def image_version(variable, image):
-    result = docker("run", "--rm", "--entrypoint", VERSION_COMMANDS[variable][0], image, *VERSION_COMMANDS[variable][1:])
+    result = docker(
+        "run", "--rm", "--entrypoint", VERSION_COMMANDS[variable][0], image, *VERSION_COMMANDS[variable][1:]
+    )
     return (result.stdout + result.stderr).strip().splitlines()[0]
 
 

@@ -10,6 +10,7 @@ by hand:
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -481,14 +482,16 @@ def docker_report():
         f"connected again after (median / max) | {kill['median_s']:.1f} s / {kill['max_s']:.1f} s; "
         f"clients of the other replicas disconnected: {kill['others_disconnected']} |"
     )
+    app_mb = doc["images"]["app (built from the Dockerfile)"]
     images = [
         "",
         "| image | size | version |",
         "|---|---|---|",
-        f"| the app, built from the Dockerfile on the stand-in Python | {doc['images']['app (built from the Dockerfile)']:.0f} MB | |",
+        f"| the app, on the stand-in Python | {app_mb:.0f} MB | |",
     ]
     for variable, standin in doc["standins"].items():
-        images.append(f"| `{variable}` stand-in `{standin['image']}` | {standin['size_mb']:.0f} MB | {standin['version']} |")
+        version = re.search(r"\d+\.\d+\.\d+", standin["version"]).group()
+        images.append(f"| `{variable}` stand-in `{standin['image']}` | {standin['size_mb']:.0f} MB | {version} |")
     machine = f"\nDocker {doc['docker']}, {doc['compose']}, {doc['machine']['cpus']} cores."
     return "\n".join(rows + images) + "\n" + machine
 

@@ -869,3 +869,32 @@ def test_docs_only_mention_variables_the_stack_reads(compose):
     assert unknown == set(), f"docs/docker.md mentions variables docker-compose.yml does not use: {unknown}"
     for service in re.findall(r"docker compose (?:exec|kill -s \w+|logs|restart) (?:-\w+ )*([a-z][\w-]*)", docs):
         assert service in compose["services"], service
+
+
+IMAGE_VARIABLES = ("PYTHON_IMAGE", "NODE_IMAGE", "REDIS_IMAGE", "HAPROXY_IMAGE", "PROMETHEUS_IMAGE")
+
+
+def test_every_base_image_comes_from_one_variable(compose, dockerfile):
+    """A mirror or scripts/standin-images changes one line of .env per image (docs/docker.md#base-images)."""
+    used = {}
+    for name, service in compose["services"].items():
+        if "image" in service:
+            match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", service["image"])
+            assert match, f"{name}: image {service['image']!r} is not ${{VARIABLE:-official image}}"
+            used.setdefault(match.group(1), set()).add(match.group(2))
+    for stage in dockerfile:
+        if stage["image_argument"]:
+            used.setdefault(stage["image_argument"], set()).add(stage["image"])
+        else:
+            assert stage["name"] is None or stage["image"] in {s["name"] for s in dockerfile}, stage
+    args = compose["services"]["app"]["build"]["args"]
+    for variable in ("PYTHON_IMAGE", "NODE_IMAGE"):
+        default = re.fullmatch(r"\$\{" + variable + r":-([^}]+)\}", args[variable]).group(1)
+        assert used[variable] == {default}, "compose and the Dockerfile default to the same image"
+    assert set(used) == set(IMAGE_VARIABLES)
+    assert all(len(defaults) == 1 for defaults in used.values())
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    assert all(f"`{variable}`" in configuration for variable in IMAGE_VARIABLES)
+    stack = load_compose(ROOT / "deploy" / "swarm" / "docker-stack.yml")
+    assert stack["services"]["redis"]["image"] == compose["services"]["redis"]["image"]
+    assert stack["services"]["haproxy"]["image"] == compose["services"]["haproxy"]["image"]

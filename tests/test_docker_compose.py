@@ -32,7 +32,11 @@ class Fleet:
         ]
         self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.duration = duration
-        self.ready_line = json.loads(self.process.stdout.readline() or "{}")
+        line = self.process.stdout.readline()
+        if not line.startswith('{"ready"'):
+            self.process.kill()
+            raise AssertionError(f"sio-fleet.mjs said {line!r} first; stderr: {self.process.communicate()[1][-2000:]}")
+        self.ready_line = json.loads(line)
 
     @property
     def ready(self):

@@ -20,7 +20,7 @@ SECRETS = ("realtime_secret_key", "realtime_redis_password")
 class SwarmStack:
     def __init__(self, env):
         self.port = free_port()
-        self.env = {**env, "STACK_PORT": str(self.port), "APP_IMAGE": IMAGE, "NOFILE_LIMIT": "20000"}
+        self.env = {**env, "STACK_PORT": str(self.port), "APP_IMAGE": IMAGE, "NOFILE_LIMIT": "10000"}
         self.url = f"http://127.0.0.1:{self.port}"
 
     def containers(self, service):
@@ -99,6 +99,12 @@ def test_stack_deploy_serves_sticky_clients_and_scales(swarm):
     assert run.ready == 40, [c["errors"] for c in clients if c["errors"]][:5]
     assert {instances_of(c)[0] for c in clients} == swarm.hostnames()
     assert len(swarm.hostnames()) == 5
+
+
+def test_tasks_run_with_nofile_limit(swarm):
+    for service in ("app", "haproxy"):
+        container = swarm.containers(service)[0]
+        assert docker("exec", container, "sh", "-c", "ulimit -n").stdout.strip() == "10000"
 
 
 def test_stack_rm_and_swarm_leave_leave_nothing(swarm):
