@@ -152,6 +152,26 @@ def test_scale_up_to_five_and_back_without_restarting_haproxy(compose):
             assert client["disconnects"] == [] and len(client["runs"]) == 1, "clients of kept replicas saw nothing"
 
 
+def test_haproxy_reload_keeps_every_client(compose):
+    """`docker compose kill -s HUP haproxy` (docs/docker.md#reloading-haproxy): a new HAProxy process takes the
+    listeners, the old one keeps the open WebSockets. Control: a restart of HAProxy's container drops them."""
+    before = haproxy_started_at(compose)
+    run = Fleet(compose.url, 20, 10)
+    assert run.ready == 20
+    compose.compose("kill", "-s", "HUP", "haproxy")
+    clients = run.result()
+    assert haproxy_started_at(compose) == before
+    for client in clients:
+        assert client["disconnects"] == [] and len(client["runs"]) == 1 and client["ackFailures"] == 0
+
+    run = Fleet(compose.url, 20, 10)
+    assert run.ready == 20
+    compose.compose("restart", "-t", "2", "haproxy")
+    clients = run.result()
+    assert all(client["disconnects"] for client in clients), "control: a restart cuts every connection"
+    compose.wait_until_serving(replicas=3)
+
+
 @pytest.mark.parametrize("action", ["kill", "restart"])
 def test_a_replica_killed_or_restarted_under_load(compose, action):
     run = Fleet(compose.url, 30, 25)
