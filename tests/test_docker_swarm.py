@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import urllib.request
 
 import pytest
 from docker_stack import docker, run
@@ -41,7 +42,13 @@ class SwarmStack:
 
     def wait_until_serving(self, replicas, timeout=240):
         def ready():
-            return len(self.hostnames()) == replicas and self.servers_up() == replicas
+            if len(self.hostnames()) != replicas or self.servers_up() != replicas:
+                return False
+            try:  # and HAProxy's published port answers a handshake
+                with urllib.request.urlopen(f"{self.url}/socket.io/?EIO=4&transport=polling", timeout=2) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
 
         wait_for(ready, timeout, f"{replicas} app tasks UP behind HAProxy", interval=2)
 
