@@ -150,14 +150,20 @@ def goals_table():
             and shipped["failures"] == 0
             and shipped["alive_after_hold"] == shipped["clients"],
         )
-    per_conn = ratio(get("connect", "template", "app_rss_kb_per_conn"), get("connect", "node", "app_rss_kb_per_conn"))
-    if per_conn is not None:
-        goal(
-            "server memory per connection no more than Node's",
-            f"{get('connect', 'template', 'app_rss_kb_per_conn'):.0f} KB vs Node "
-            f"{get('connect', 'node', 'app_rss_kb_per_conn'):.0f} KB ({fmt_ratio(per_conn)})",
-            per_conn <= 1,
+    # memory is judged where it matters, thousands of clients per process (issue #18): bench/run's memory_curve
+    curve = load(MEMORY_CURVE)
+    for n in (5000, 10000):
+        t, nd = (
+            curve["memory_curve_medians"].get(s, {}).get(str(n), {}).get("app_kb_per_conn")
+            for s in ("template", "node")
         )
+        if t is not None and nd is not None:
+            goal(
+                f"app memory per idle WebSocket client at {n:,} clients on {curve['sizes']['replicas']} processes "
+                "no more than Node's (memory_curve)",
+                f"{t:.1f} KB vs Node {nd:.1f} KB ({fmt_ratio(ratio(t, nd))})",
+                t <= nd,
+            )
     lines = [
         f"From `bench/results/latest.json` ({doc['machine']['date'][:10]}, template {doc['machine']['template_git']}):",
         "",
@@ -233,6 +239,82 @@ def tuning_table():
         f"{node_echo[0]:,.0f}/s then {node_echo[1]:,.0f}/s ({node_cpu[0]:,.1f} then {node_cpu[1]:,.1f} ms of server "
         "CPU per 1,000 echoes). The last column compares within one run.",
     ]
+    return "\n".join(lines)
+
+
+MEMORY_CURVE = "memory-curve/latest.json"  # bench/run --scenarios memory_curve --out bench/results/memory-curve
+MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py
+
+
+def memory_curve_note():
+    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve)."""
+    import report
+
+    doc = load(MEMORY_CURVE)
+    s, m = doc["sizes"], doc["machine"]
+    lines = [
+        f"From `bench/results/{MEMORY_CURVE}` ({m['date'][:10]}, template {m['template_git'].split(' ')[0]}, "
+        f"{m['nproc']} cores, load average at start {' '.join(m['loadavg_at_start'])}; medians of {s['curve_runs']} "
+        f"interleaved runs, each run's figure in brackets; clients ramped at {s['curve_rate']}/s, polling first "
+        f"then the upgrade, sampled {s['curve_step_hold']:g} s after each step). A figure is the RSS of every "
+        "app process (gunicorn masters and workers, Node's and uvicorn's processes) with the clients connected, "
+        "minus the same before the first client, divided by the clients; *clients per GiB* is 1 GiB divided by it.",
+    ]
+    return "\n".join(lines + report.curve_table(doc))
+
+
+def memory_breakdown_note():
+    """docs/performance.md, Where it goes: scripts/memory_breakdown.py's result."""
+    doc = load(MEMORY_BREAKDOWN)
+    kb = lambda b: f"{b / 1024:.2f}"  # noqa: E731
+    lines = [
+        f"From `bench/results/{MEMORY_BREAKDOWN}` ({doc['date'][:10]}, `{doc['command'].strip()}`): one "
+        f"instance as shipped holding {doc['websocket']:,} idle WebSocket clients (of {doc['clients']:,} asked). "
+        "Per connection:",
+        "",
+        "| what | KB per connection |",
+        "| --- | ---: |",
+        f"| worker RSS added (tracemalloc's own bookkeeping left out) | **{kb(doc['rss_bytes_per_conn'])}** |",
+        f"| of which traced by tracemalloc (Python's allocators: objects, buffers, greenlet stacks) | "
+        f"{kb(doc['traced_bytes_per_conn'])} |",
+        f"| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation) | "
+        f"{kb(doc['untraced_bytes_per_conn'])} |",
+        f"| greenlets alive per connection | {doc['greenlets_per_conn']:.2f} |",
+        "| their saved C stacks (greenlet `_stack_saved`, within *traced*) | "
+        f"{kb(doc['greenlet_stack_bytes_per_conn'])} |",
+        "",
+        "Traced bytes per connection by holder (the first frame of each allocation's traceback that names a "
+        "library or a part of the template, `HOLDERS` in the script):",
+        "",
+        "| holder | KB per connection | blocks per connection |",
+        "| --- | ---: | ---: |",
+    ]
+    for holder, v in doc["traced_by_holder"].items():
+        if abs(v["bytes_per_conn"]) >= 10:
+            lines.append(f"| {holder} | {kb(v['bytes_per_conn'])} | {v['blocks_per_conn']:.2f} |")
+    lines += [
+        "",
+        "The largest allocation sites (the first frame outside the standard library):",
+        "",
+        "| site | holder | KB per connection |",
+        "| --- | --- | ---: |",
+    ]
+    for site, v in list(doc["traced_by_site"].items())[:15]:
+        lines.append(f"| `{site}` | {v['holder']} | {kb(v['bytes_per_conn'])} |")
+    lines += [
+        "",
+        "Per-session state, measured on the objects (sys.getsizeof, one level deep; within *traced*):",
+        "",
+        "| holder | KB per connection |",
+        "| --- | ---: |",
+    ]
+    for holder, b in doc["session_state_bytes_per_conn"].items():
+        lines.append(f"| {holder} | {kb(b)} |")
+    stacks = [(k, v) for k, v in doc["greenlet_stack_bytes_by_function"].items() if v >= 10]
+    if stacks:
+        lines += ["", "Greenlet saved stacks by what the greenlet runs:", "", "| greenlet runs | KB per connection |"]
+        lines.append("| --- | ---: |")
+        lines += [f"| `{k}` | {kb(v)} |" for k, v in stacks]
     return "\n".join(lines)
 
 
@@ -503,6 +585,8 @@ TARGETS = {
         "tuning": tuning_table,
         "bench": bench_tables,
         "after-pruning": after_pruning,
+        "memory-curve": memory_curve_note,
+        "memory-breakdown": memory_breakdown_note,
     },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table},
