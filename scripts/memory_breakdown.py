@@ -18,7 +18,8 @@ connection holds:
   returned).
 - *By holder*: each traced block is named by the first frame of its allocation's traceback that a rule below
   recognises (HOLDERS), so "gevent-websocket: WebSocket objects" is what geventwebsocket allocated, wherever
-  from.
+  from; except blocks allocated at the very line where a greenlet now waits (its `gr_frame`): greenlet copies
+  its C stack to the heap there when it switches out, so they are counted as saved stacks.
 - *Greenlets*: how many are alive per connection and the bytes of C stack each keeps while switched out
   (greenlet's `_stack_saved`), summed.
 - *Per-session state*: the sizes (sys.getsizeof, one level deep) of python-engineio's Socket and its queue,
@@ -99,7 +100,13 @@ def probe(probe_dir, name, timeout=180):
     return tracemalloc.Snapshot.load(str(Path(probe_dir) / f"{name}.snap")), census
 
 
-def holder_of(trace):
+SWITCH_HOLDER = "greenlet saved stacks (C stack copied out where a greenlet waits)"
+
+
+def holder_of(trace, suspended=frozenset()):
+    last = trace.traceback[-1] if len(trace.traceback) else None
+    if last is not None and (last.filename, last.lineno) in suspended:
+        return SWITCH_HOLDER
     for frame in reversed(trace.traceback):  # tracemalloc lists the oldest frame first
         fname = frame.filename.replace("\\", "/")
         for holder, pattern in HOLDERS:
@@ -124,14 +131,14 @@ def short(path):
     return path
 
 
-def breakdown(before, after, clients):
+def breakdown(before, after, clients, suspended=frozenset()):
     """Traced bytes per connection by holder and by allocation site (after - before, over every trace)."""
     diff = after.compare_to(before, "traceback")
     holders, sites = {}, {}
     for stat in diff:
         if stat.size_diff == 0:
             continue
-        holder = holder_of(stat)
+        holder = holder_of(stat, suspended)
         site = site_of(stat)
         h = holders.setdefault(holder, {"bytes": 0, "blocks": 0})
         h["bytes"] += stat.size_diff
@@ -240,7 +247,8 @@ def main(argv=None):
         log.close()
 
     n = step["websocket"] or step["connected"]
-    holders, sites = breakdown(before, after, n)
+    suspended = {tuple(x) for x in census1.get("suspended_at", [])}
+    holders, sites = breakdown(before, after, n, suspended)
     per = lambda key: round((census1[key] - census0[key]) / n, 1)  # noqa: E731
     doc = {
         "command": "scripts/memory_breakdown.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -95,7 +95,7 @@ def take(probe_dir, tag):
     overhead = tracemalloc.get_tracemalloc_memory()
     with open("/proc/self/statm") as f:
         rss = int(f.read().split()[1]) * PAGE
-    types, greenlets, stack, by_function = {}, 0, 0, {}
+    types, greenlets, stack, by_function, suspended = {}, 0, 0, {}, set()
     for obj in gc.get_objects():
         t = type(obj)
         key = f"{t.__module__}.{t.__qualname__}"
@@ -104,6 +104,9 @@ def take(probe_dir, tag):
         entry["bytes"] += sys.getsizeof(obj)
         if isinstance(obj, greenlet.greenlet):
             greenlets += 1
+            frame = obj.gr_frame  # where it waits: its saved stack was copied out there
+            if frame is not None:
+                suspended.add((frame.f_code.co_filename, frame.f_lineno))
             saved = obj._stack_saved
             stack += saved
             name = run_name(obj)
@@ -120,6 +123,7 @@ def take(probe_dir, tag):
         "greenlets": greenlets,
         "greenlet_stack_bytes": stack,
         "greenlet_stacks_by_function": by_function,
+        "suspended_at": sorted(suspended),
         "sessions": sessions,
         "session_state": state,
         "types": types,

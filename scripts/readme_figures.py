@@ -379,7 +379,7 @@ def headline():
 
 # bench/ab_report.py's summaries of the speedups' A/Bs, the later first: a variant's figures (and the A/A
 # spread beside them) come from the first file that measured it.
-AB_FILES = ("speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
+AB_FILES = ("memory-ab/latest-ab.json", "speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
 AA = "template+SPEEDUPS=on"  # the template again: its ratios are the run-to-run spread
 METRIC_LABELS = {
     "app_cpu_ms_per_1000": "app CPU per message",
@@ -411,6 +411,11 @@ SETTING_VARIANTS = {
     "template+INLINE_HANDLERS=false": "inline_handlers' events in the reading greenlet (since removed)",
     "template+IDLE_EVENT_GREENLETS=0": "inline_handlers' reused event greenlets (since removed)",
     "template+SPEEDUPS=off": "every speedup of the A/B (the removed ones too)",
+}
+# Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
+# not slow down. bench/results/memory-ab.
+MEMORY_VARIANTS = {
+    "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
 }
 
 
@@ -488,6 +493,30 @@ def speedups_tables():
             )
         ]
         lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+    memory_ab = load(AB_FILES[0]) if (ROOT / "bench" / "results" / AB_FILES[0]).exists() else {}
+    if memory_ab:
+        rows = [
+            (f"memory_curve_{n}", "app_kb_per_conn", f"{n:,} clients: app KB/conn") for n in (1000, 5000, 10000)
+        ] + [
+            ("echo_ws", "app_cpu_ms_per_1000", "echo_ws app CPU"),
+            ("broadcast", "app_cpu_ms_per_1000", "broadcast app CPU"),
+        ]
+        lines += [
+            "",
+            "**Memory per idle connection** (`memory_curve`: 2 processes, 1,000, 5,000 and 10,000 WebSocket clients; "
+            f"`bench/results/{AB_FILES[0]}`), variant ÷ template in the same run, and the rows it must not slow "
+            "down; *A/A* is the template against itself:",
+            "",
+            "| variant | turns off | " + " | ".join(label for _, _, label in rows) + " |",
+            "|---|---|" + "---|" * len(rows),
+        ]
+        for variant, what in [*MEMORY_VARIANTS.items(), (AA, "nothing (A/A: the run-to-run spread)")]:
+            cells = []
+            for scenario, metric, _ in rows:
+                figures = memory_ab.get(variant, {}).get(scenario, {}).get(metric)
+                runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
+                cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
+            lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "**For the operations layer** (on whatever `SPEEDUPS` says, while their versions match):",
