@@ -382,6 +382,17 @@ def curve_table(doc):
             cells.append(f"{t / nd:.2f}x" if t and nd else "")
             cells.append(f"{1024 * 1024 / t:,.0f}, {1024 * 1024 / nd:,.0f}" if t and nd and t > 0 and nd > 0 else "")
         out.append("| " + " | ".join(cells) + " |")
+    for system in systems:
+        errors = [r for r in doc.get("memory_curve", []) if r.get("system") == system and "error" in r]
+        if errors:
+            reached = [max((p["clients"] for p in r.get("points", [])), default=0) for r in errors]
+            out.append("")
+            out.append(
+                f"{CURVE_NAMES.get(system, system)}: {len(errors)} of "
+                f"{sum(r.get('system') == system for r in doc['memory_curve'])} runs ended early "
+                f"({errors[0]['error']}), after reaching {', '.join(f'{n:,}' for n in reached)} clients: no figure "
+                "above that size."
+            )
     env = next((r.get("env") for r in doc.get("memory_curve", []) if r.get("system") == "template"), None)
     if env:
         out.append("")

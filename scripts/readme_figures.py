@@ -151,7 +151,7 @@ def goals_table():
             and shipped["alive_after_hold"] == shipped["clients"],
         )
     # memory is judged where it matters, thousands of clients per process (issue #18): bench/run's memory_curve
-    curve = load(MEMORY_CURVE)
+    curve = load(MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE)
     for n in (5000, 10000):
         t, nd = (
             curve["memory_curve_medians"].get(s, {}).get(str(n), {}).get("app_kb_per_conn")
@@ -161,7 +161,8 @@ def goals_table():
             goal(
                 f"app memory per idle WebSocket client at {n:,} clients on {curve['sizes']['replicas']} processes "
                 "no more than Node's (memory_curve)",
-                f"{t:.1f} KB vs Node {nd:.1f} KB ({fmt_ratio(ratio(t, nd))})",
+                f"{t:.1f} KB vs Node {nd:.1f} KB ({fmt_ratio(ratio(t, nd))}; template "
+                f"{curve['machine']['template_git'].split(' ')[0]}, {curve['machine']['date'][:10]})",
                 t <= nd,
             )
     lines = [
@@ -243,17 +244,27 @@ def tuning_table():
 
 
 MEMORY_CURVE = "memory-curve/latest.json"  # bench/run --scenarios memory_curve --out bench/results/memory-curve
-MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py
+MEMORY_CURVE_AFTER = "memory-curve-after/latest.json"  # the same after the cut (--systems template,node)
+MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py --env WEBSOCKET_WRITER_ON_DEMAND=false
+MEMORY_BREAKDOWN_AFTER = "memory-breakdown-on-demand.json"  # scripts/memory_breakdown.py, as shipped
 
 
 def memory_curve_note():
-    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve)."""
+    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve), before the cut and, once
+    measured, after it."""
+    text = curve_note(MEMORY_CURVE, "Before the cut (the template as it was on main)")
+    if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists():
+        text += "\n\n" + curve_note(MEMORY_CURVE_AFTER, "After the cut (the writer greenlet on demand, as shipped now)")
+    return text
+
+
+def curve_note(name, title):
     import report
 
-    doc = load(MEMORY_CURVE)
+    doc = load(name)
     s, m = doc["sizes"], doc["machine"]
     lines = [
-        f"From `bench/results/{MEMORY_CURVE}` ({m['date'][:10]}, template {m['template_git'].split(' ')[0]}, "
+        f"**{title}.** From `bench/results/{name}` ({m['date'][:10]}, template {m['template_git'].split(' ')[0]}, "
         f"{m['nproc']} cores, load average at start {' '.join(m['loadavg_at_start'])}; medians of {s['curve_runs']} "
         f"interleaved runs, each run's figure in brackets; clients ramped at {s['curve_rate']}/s, polling first "
         f"then the upgrade, sampled {s['curve_step_hold']:g} s after each step). A figure is the RSS of every "
@@ -266,22 +277,28 @@ def memory_curve_note():
 def memory_breakdown_note():
     """docs/performance.md, Where it goes: scripts/memory_breakdown.py's result."""
     doc = load(MEMORY_BREAKDOWN)
+    after = load(MEMORY_BREAKDOWN_AFTER)
     kb = lambda b: f"{b / 1024:.2f}"  # noqa: E731
+    both = lambda key, f=kb: f"{f(doc[key])} | {f(after[key])}"  # noqa: E731
     lines = [
-        f"From `bench/results/{MEMORY_BREAKDOWN}` ({doc['date'][:10]}, `{doc['command'].strip()}`): one "
-        f"instance as shipped holding {doc['websocket']:,} idle WebSocket clients (of {doc['clients']:,} asked). "
-        "Per connection:",
+        f"From `bench/results/{MEMORY_BREAKDOWN}` ({doc['date'][:10]}, `{doc['command'].strip()}`: the writer "
+        f"greenlet as before the cut) and `bench/results/{MEMORY_BREAKDOWN_AFTER}` (`{after['command'].strip()}`: "
+        f"as shipped now): one instance holding {doc['websocket']:,} and {after['websocket']:,} idle WebSocket "
+        "clients. The RSS here is measured with tracemalloc on and the clients connected straight to the instance, "
+        "so compare it within this table, not with the curve above. Per connection:",
         "",
-        "| what | KB per connection |",
-        "| --- | ---: |",
-        f"| worker RSS added (tracemalloc's own bookkeeping left out) | **{kb(doc['rss_bytes_per_conn'])}** |",
-        f"| of which traced by tracemalloc (Python's allocators: objects, buffers, greenlet stacks) | "
-        f"{kb(doc['traced_bytes_per_conn'])} |",
-        f"| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation) | "
-        f"{kb(doc['untraced_bytes_per_conn'])} |",
-        f"| greenlets alive per connection | {doc['greenlets_per_conn']:.2f} |",
+        "| what | writer as before, KB | writer on demand (shipped), KB |",
+        "| --- | ---: | ---: |",
+        f"| worker RSS added (tracemalloc's own bookkeeping left out) | {both('rss_bytes_per_conn')} |",
+        "| of which traced by tracemalloc (Python's allocators: objects, buffers, greenlet stacks) | "
+        f"{both('traced_bytes_per_conn')} |",
+        "| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation, greenlets' "
+        f"Python frame stacks) | {both('untraced_bytes_per_conn')} |",
+        f"| greenlets alive per connection (count) | {both('greenlets_per_conn', lambda v: f'{v:.2f}')} |",
         "| their saved C stacks (greenlet `_stack_saved`, within *traced*) | "
-        f"{kb(doc['greenlet_stack_bytes_per_conn'])} |",
+        f"{both('greenlet_stack_bytes_per_conn')} |",
+        "",
+        "The rest describes the writer as before:",
         "",
         "Traced bytes per connection by holder (the first frame of each allocation's traceback that names a "
         "library or a part of the template, `HOLDERS` in the script):",
@@ -374,6 +391,20 @@ def headline():
         + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
         + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
     )
+    name = MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE
+    curve = load(name)
+    cm = curve["memory_curve_medians"]
+    at = lambda s, n: cm.get(s, {}).get(str(n), {}).get("app_kb_per_conn")  # noqa: E731
+    if None not in (at("template", 5000), at("node", 5000), at("template", 10000), at("node", 10000)):
+        text += (
+            f" Memory at the counts deployments run (`bench/run --scenarios memory_curve`, template "
+            f"{curve['machine']['template_git'].split(' ')[0]}, {curve['machine']['date'][:10]}): "
+            f"{at('template', 5000):.0f} KB per idle WebSocket client with 5,000 on 2 processes and "
+            f"{at('template', 10000):.0f} KB with 10,000 (Node {at('node', 5000):.0f} and {at('node', 10000):.0f} KB), "
+            f"about {1024 * 1024 / at('template', 10000):,.0f} idle clients per GiB of app memory (Node "
+            f"{1024 * 1024 / at('node', 10000):,.0f}): see "
+            "[docs/performance.md](docs/performance.md#memory-per-connection)."
+        )
     return text
 
 
@@ -422,6 +453,8 @@ MEMORY_VARIANTS = {
 def ab_source(variant):
     """The A/B summary that measured this variant last (with its own A/A), or {}."""
     for name in AB_FILES:
+        if not (ROOT / "bench" / "results" / name).exists():
+            continue
         ab = load(name)
         if variant in ab:
             return ab
