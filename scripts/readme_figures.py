@@ -445,6 +445,7 @@ SETTING_VARIANTS = {
 }
 # Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
 # not slow down. bench/results/memory-ab.
+MEMORY_ECHO_AB = "memory-ab-echo/latest-ab.json"  # echo_ws only, more runs: bench/results/memory-ab-echo
 MEMORY_VARIANTS = {
     "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
 }
@@ -550,6 +551,20 @@ def speedups_tables():
                 runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
                 cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
             lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+        echo_path = ROOT / "bench" / "results" / MEMORY_ECHO_AB
+        if echo_path.exists():  # the echo row again, with more runs: its spread above is wide
+            echo_ab = load(MEMORY_ECHO_AB)
+            for variant in [*MEMORY_VARIANTS, AA]:
+                cpu = echo_ab.get(variant, {}).get("echo_ws", {}).get("app_cpu_ms_per_1000")
+                rate = echo_ab.get(variant, {}).get("echo_ws", {}).get("echo_per_s")
+                if cpu and rate:
+                    lines.append("")
+                    lines.append(
+                        f"`{variant[len('template+') :]}` on echo_ws again (`bench/results/{MEMORY_ECHO_AB}`, "
+                        f"{len(cpu['runs'])} runs): app CPU per message **{cpu['median']:.3f}** "
+                        f"({'/'.join(f'{v:.3f}' for v in cpu['runs'])}), throughput **{rate['median']:.3f}** "
+                        f"({'/'.join(f'{v:.3f}' for v in rate['runs'])})."
+                    )
     lines += [
         "",
         "**For the operations layer** (on whatever `SPEEDUPS` says, while their versions match):",
