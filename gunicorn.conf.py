@@ -22,7 +22,7 @@ wsgi_app = "wsgi:app"
 worker_class = WEBSOCKET_WORKER
 workers = 1
 # Each WebSocket holds one greenlet, a polling client up to two: this caps clients per instance
-# (about 60 KB of memory each). Keep HAProxy's APP_MAXCONN below it.
+# (memory per client: docs/performance.md#memory-per-connection). Keep HAProxy's APP_MAXCONN below it.
 worker_connections = int(os.getenv("WORKER_CONNECTIONS", "5000"))
 # The gevent loop heartbeats while sockets are open, so this only catches a truly stuck worker.
 timeout = int(os.getenv("TIMEOUT", "60"))

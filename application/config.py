@@ -166,6 +166,7 @@ class Settings:
     async_handlers: bool = True  # ASYNC_HANDLERS: a waiting handler holds up no other event; false = in order
     read_buffer_size: int = 4096  # READ_BUFFER_SIZE: bytes each connection holds for reads (connection_memory.py)
     websocket_direct_send: bool = True  # WEBSOCKET_DIRECT_SEND: idle WebSockets' packets via the loop's outbox
+    websocket_writer_on_demand: bool = True  # WEBSOCKET_WRITER_ON_DEMAND: no writer greenlet for an idle WebSocket
     speedups: bool = True  # SPEEDUPS: false runs the stock libraries only (patches/README.md)
     speedups_skip: tuple[str, ...] = ()  # SPEEDUPS_SKIP: names of single speedups to leave off
     # per-connection limits (operations/limits.py); 0 turns a limit off
@@ -214,6 +215,7 @@ class Settings:
             async_handlers=env_bool(env, "ASYNC_HANDLERS", True),
             read_buffer_size=env_number(env, "READ_BUFFER_SIZE", 4096, minimum=256),
             websocket_direct_send=env_bool(env, "WEBSOCKET_DIRECT_SEND", True),
+            websocket_writer_on_demand=env_bool(env, "WEBSOCKET_WRITER_ON_DEMAND", True),
             speedups=env_bool(env, "SPEEDUPS", True),
             speedups_skip=tuple(env_list(env, "SPEEDUPS_SKIP")),
             event_rate=env_number(env, "EVENT_RATE", 50.0, kind=float, minimum=0),

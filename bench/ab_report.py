@@ -4,7 +4,7 @@
         --scenarios echo_ws,echo_polling,broadcast --out bench/results/speedups-ab
     bench/.venv-asgi/bin/python bench/ab_report.py bench/results/speedups-ab/latest.json
 
-For every variant (`template+NAME=VALUE`) and scenario: the variant's app CPU per 1,000 messages, throughput and
+For every variant (`template+NAME=VALUE`) and scenario (memory_curve: at each size): the variant's app CPU per 1,000 messages, throughput and
 memory per connection divided by the template's in the same run, for each run, and their median. A variant
 that sets what the template already has (`template+SPEEDUPS=on`) is an A/A: its ratios show the run-to-run
 spread. A ratio above 1 for CPU means the variant (the speedup left off) costs more: the speedup's gain.
@@ -31,8 +31,23 @@ def ratios(doc, variant, scenario, metric):
     return out
 
 
+def curve_ratios(doc, variant, clients):
+    """memory_curve: the variant's app KB per connection at `clients` over the template's, run by run."""
+    out = []
+    for run in sorted({row.get("run") for row in doc.get("memory_curve", [])}):
+        rows = {row["system"]: row for row in doc["memory_curve"] if row.get("run") == run}
+        base, value = (
+            next((p["app_kb_per_conn"] for p in rows.get(s, {}).get("points", []) if p["clients"] == clients), None)
+            for s in ("template", variant)
+        )
+        if isinstance(base, (int, float)) and isinstance(value, (int, float)) and base > 0:
+            out.append(value / base)
+    return out
+
+
 def table(doc):
     systems = sorted({s for run in doc["runs"] for sc in run.values() if isinstance(sc, dict) for s in sc})
+    systems = sorted(set(systems) | {row["system"] for row in doc.get("memory_curve", [])})
     variants = [s for s in systems if s.startswith("template+")]
     lines = [
         "| variant | scenario | metric | variant ÷ template, each run | median |",
@@ -52,6 +67,20 @@ def table(doc):
                 }
                 each = " / ".join(f"{v:.3f}" for v in values)
                 lines.append(f"| `{variant[len('template+') :]}` | {scenario} | {label} | {each} | {median:.3f} |")
+        sizes = sorted({p["clients"] for row in doc.get("memory_curve", []) for p in row.get("points", [])})
+        for clients in sizes:  # memory_curve: memory per connection at each size
+            values = curve_ratios(doc, variant, clients)
+            if not values:
+                continue
+            median = statistics.median(values)
+            summary.setdefault(variant, {}).setdefault(f"memory_curve_{clients}", {})["app_kb_per_conn"] = {
+                "runs": [round(v, 3) for v in values],
+                "median": round(median, 3),
+            }
+            each = " / ".join(f"{v:.3f}" for v in values)
+            lines.append(
+                f"| `{variant[len('template+') :]}` | memory_curve {clients:,} | app KB/conn | {each} | {median:.3f} |"
+            )
     return "\n".join(lines), summary
 
 

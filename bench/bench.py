@@ -356,6 +356,14 @@ def delta(before, after, seconds):
 
 
 # --- the load generator -------------------------------------------------------------------------------------
+class LoadgenError(RuntimeError):
+    """The load generator failed or ran out of time; `partial` keeps the steps it had reported (memory_curve)."""
+
+    def __init__(self, message, partial):
+        super().__init__(message)
+        self.partial = partial
+
+
 def run_loadgen(running, cfg, time_limit, profile=None):
     cfg = dict(cfg, url=running.url, timeLimitS=int(time_limit))
     if len(running.urls) > 1:  # several HAProxy processes: the load generator spreads its clients over them
@@ -431,7 +439,10 @@ def run_loadgen(running, cfg, time_limit, profile=None):
             "per-address limit of haproxy.cfg): all bench clients come from 127.0.0.1"
         )
     if error or result is None:
-        raise RuntimeError(f"loadgen failed: {error or 'no result'} (exit {proc.returncode})")
+        raise LoadgenError(
+            f"loadgen failed: {error or 'no result'} (exit {proc.returncode})",
+            {"steps": steps, "idle_rss_mb": {r: round(v["rss_kb"] / 1024, 1) for r, v in idle.items()}},
+        )
     if denied_before is not None and denied_after is not None:
         result["haproxy_denied"] = denied_after - denied_before
     if "start" in samples and "end" in samples:
@@ -542,7 +553,74 @@ def scenario_cfg(name, a, clients=None):
             "connectTimeoutMs": 20000,
             "ackTimeoutMs": 20000,
         }
+    if name == "memory_curve":  # idle clients after the upgrade (polling first, as browsers connect)
+        return {
+            "scenario": "capacity",  # bench/loadgen: connect in steps, sample after each, hold, one echo each
+            "clients": clients,
+            "workers": a.curve_workers,
+            "rate": a.curve_rate,
+            "waitUpgrade": True,
+            "upgradeTimeoutMs": 20000,
+            "steps": curve_sizes(a, clients),
+            "holdMs": int(1000 * a.curve_hold),
+            "stepHoldMs": int(1000 * a.curve_step_hold),
+            "connectTimeoutMs": 20000,
+            "ackTimeoutMs": 20000,
+        }
     raise ValueError(name)
+
+
+def curve_sizes(a, cap=None):
+    """--curve-sizes as a rising list of client counts (capped at what the HAProxy processes carry)."""
+    sizes = sorted({int(float(x)) for x in str(a.curve_sizes).split(",") if x.strip()})
+    sizes = [n for n in sizes if n > 0]
+    if cap:
+        sizes = [n for n in sizes if n < cap] + [cap]
+    return sizes
+
+
+def curve_points(res, system):
+    """KB per connection at each step of a memory_curve run: (RSS of every app process at the step - RSS of
+    the same processes before the first client) / clients connected. App processes only (gunicorn masters
+    and workers, Node's and uvicorn's processes); HAProxy and Redis are reported apart."""
+    idle = res.get("idle_rss_mb") or {}
+    points = []
+    for step in res.get("steps") or []:
+        conns = step.get("connected") or 0
+        if not conns or "app" not in idle:
+            continue
+        app_kb = (step["rss_mb"]["app"] - idle["app"]) * 1024
+        points.append(
+            {
+                "clients": step["target"],
+                "connected": conns,
+                "websocket": step.get("websocket"),
+                "app_rss_mb": step["rss_mb"]["app"],
+                "app_kb_per_conn": round(app_kb / conns, 1),
+                "haproxy_rss_mb": step["rss_mb"].get("haproxy"),
+            }
+        )
+    return points
+
+
+def curve_medians(rows):
+    """{system: {clients: {median KB per connection, runs, each run's}}} over the memory_curve runs."""
+    out = {}
+    for row in rows:
+        for p in row.get("points", []):
+            out.setdefault(row["system"], {}).setdefault(str(p["clients"]), []).append(p)
+    med = {}
+    for system, by_size in out.items():
+        for size, pts in sorted(by_size.items(), key=lambda kv: int(kv[0])):
+            full = [p for p in pts if p["websocket"] is not None and p["websocket"] >= 0.99 * int(size)]
+            vals = [p["app_kb_per_conn"] for p in (full or pts)]
+            med.setdefault(system, {})[size] = {
+                "app_kb_per_conn": round(statistics.median(vals), 1),
+                "each_run": vals,
+                "runs": len(vals),
+                "all_upgraded": len(full) == len(pts),
+            }
+    return med
 
 
 # --- profiling -------------------------------------------------------------------------------------------------
@@ -875,7 +953,9 @@ def parse_args(argv):
         help="another checkout of the template (e.g. a git worktree with a proposed "
         "change), run with the template's venv as system template_alt",
     )
-    p.add_argument("--scenarios", default="connect,echo_ws,broadcast,echo_polling,broadcast_ceiling,capacity,scaling")
+    p.add_argument(
+        "--scenarios", default="connect,echo_ws,broadcast,echo_polling,broadcast_ceiling,memory_curve,capacity,scaling"
+    )
     p.add_argument("--replicas", type=int, default=2, help="server processes per system in the comparisons")
     p.add_argument("--workers", type=int, default=2, help="load generator processes")
     p.add_argument("--ramp-rate", type=int, default=400, help="new clients per second when setting up a scenario")
@@ -926,6 +1006,29 @@ def parse_args(argv):
         default="shipped;WORKER_CONNECTIONS=4000",
         help="';'-separated template env variants for capacity: 'shipped' or K=V,K=V",
     )
+    p.add_argument(
+        "--curve-sizes",
+        default="1000,5000,10000",
+        help="memory_curve: idle WebSocket clients (after the upgrade) at which the app memory is sampled, on "
+        "--replicas processes of every system in --systems",
+    )
+    p.add_argument("--curve-runs", type=int, default=None, help="memory_curve runs (default: --runs)")
+    p.add_argument("--curve-rate", type=int, default=400, help="memory_curve: new clients per second")
+    p.add_argument("--curve-step-hold", type=float, default=3, help="memory_curve: seconds after each step")
+    p.add_argument("--curve-hold", type=float, default=3, help="memory_curve: seconds held at the largest size")
+    p.add_argument("--curve-workers", type=int, default=4, help="memory_curve: load generator processes")
+    p.add_argument(
+        "--curve-time-limit",
+        type=int,
+        default=240,
+        help="memory_curve: seconds a system gets for all its steps; the steps it reached by then still count",
+    )
+    p.add_argument(
+        "--curve-template-env",
+        default="WORKER_CONNECTIONS=6000,APP_MAXCONN=5900",
+        help="memory_curve: settings for template systems so that 10,000 clients fit on 2 processes "
+        "(the shipped cap is 5,000 per process, HAProxy's 4,900 per server): caps only, no memory cost",
+    )
     p.add_argument("--scaling-processes", default="1,2,3,4")
     p.add_argument("--scaling-clients", type=int, default=200)
     p.add_argument("--scaling-duration", type=float, default=10)
@@ -953,6 +1056,9 @@ def parse_args(argv):
             capacity_step=300,
             capacity_hold=1,
             capacity_variants="shipped",
+            curve_sizes="100,300",
+            curve_step_hold=1,
+            curve_hold=1,
             scaling_processes="1,2",
             scaling_clients=50,
             scaling_duration=2,
@@ -964,6 +1070,8 @@ def parse_args(argv):
                 setattr(a, key, value)
     if a.scaling_runs is None:
         a.scaling_runs = a.runs
+    if a.curve_runs is None:
+        a.curve_runs = a.runs
     if a.out is None:  # a smoke run never overwrites the real results
         a.out = str(BENCH / "results" / ("quick" if a.quick else ""))
     return a
@@ -1017,7 +1125,14 @@ def main(argv):
     sizes["capacity_clients_used"] = capacity_clients
     sizes["capacity_haproxy_processes"] = lb_nodes
     sizes["capacity_haproxy_maxconn"] = maxconn
-    doc = {"machine": machine(), "sizes": sizes, "runs": [], "capacity": [], "scaling": []}
+    # memory_curve connects polling first, then upgrades: a client may hold its polling connection (kept alive)
+    # and its WebSocket through HAProxy for a moment, so room for two per client
+    curve_max = max(curve_sizes(a))
+    curve_lbs = max(1, min(MAX_LB_NODES, -(-2 * curve_max // per_lb)))
+    curve_clients = min(curve_max, curve_lbs * per_lb)
+    sizes["curve_clients_used"] = curve_clients
+    sizes["curve_haproxy_processes"] = curve_lbs
+    doc = {"machine": machine(), "sizes": sizes, "runs": [], "capacity": [], "scaling": [], "memory_curve": []}
     doc["limits_raised"] = {
         name: {"value": BENCH_HAPROXY_ENV[name], "why": why} for name, why in BENCH_HAPROXY_WHY.items()
     }
@@ -1077,6 +1192,40 @@ def main(argv):
                     running.__exit__(None, None, None)
             doc["runs"].append(run_doc)
 
+        if "memory_curve" in scenarios:
+            curve_env = parse_env_variant(a.curve_template_env)[1]
+            for run in range(1, a.curve_runs + 1):
+                shift = (run - 1) % len(systems)
+                for system in systems[shift:] + systems[:shift]:
+                    env = curve_env if system.startswith("template") else {}
+                    log(
+                        f"memory_curve run {run}/{a.curve_runs}: {system} x{a.replicas} behind {curve_lbs} HAProxy "
+                        f"process(es), steps {curve_sizes(a, curve_clients)}"
+                    )
+                    try:
+                        with Running(
+                            system, a.replicas, env, label=f"curve{run}-{system}", lb_nodes=curve_lbs
+                        ) as running:
+                            res = run_loadgen(
+                                running, scenario_cfg("memory_curve", a, curve_clients), time_limit=a.curve_time_limit
+                            )
+                    except LoadgenError as exc:  # the steps reached still count (e.g. a system that fails at 10,000)
+                        res = {"error": str(exc), **exc.partial}
+                        log(f"  {system}: {exc}")
+                    except RuntimeError as exc:
+                        res = {"error": str(exc)}
+                    res.update(run=run, system=system, env=env, processes=a.replicas, haproxy_processes=curve_lbs)
+                    res["points"] = curve_points(res, system)
+                    doc["memory_curve"].append(res)
+                    log(
+                        f"  {system}: "
+                        + ", ".join(
+                            f"{p['clients']}: {p['app_kb_per_conn']} KB/conn ({p['websocket']} ws)"
+                            for p in res["points"]
+                        )
+                        + f"; alive after hold {res.get('alive_after_hold')}"
+                    )
+
         if "scaling" in scenarios:
             procs = [int(x) for x in a.scaling_processes.split(",") if x.strip()]
             for run in range(1, a.scaling_runs + 1):
@@ -1135,6 +1284,7 @@ def main(argv):
     if "broadcast_ceiling" in doc["medians"]:
         doc["ceiling_steps"] = ceiling_step_medians(doc["runs"])
     doc["scaling_medians"] = scaling_medians(doc["scaling"])
+    doc["memory_curve_medians"] = curve_medians(doc["memory_curve"])
     doc["elapsed_s"] = round(time.monotonic() - t_begin, 1)
     doc["machine"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -288,6 +288,7 @@ def markdown(doc):
             cells += [ratio(vals[a], vals[b]) for a, b, _ in pairs]
         out.append("| " + " | ".join(cells) + " |")
     out += ceiling_table(doc, systems)
+    out += curve_table(doc)
     if doc.get("capacity"):
         out.append("")
         out.append(
@@ -342,6 +343,65 @@ def markdown(doc):
     for note in doc.get("notes", []):
         out.append(f"Note: {note}.")
     return "\n".join(out) + "\n"
+
+
+CURVE_NAMES = {"template": "Template", "node": "Node", "asgi": "ASGI"}
+
+
+def curve_table(doc):
+    """memory_curve: app memory per idle WebSocket client (after the upgrade) at each size, KB, medians; the
+    template's ratio to Node and how many such clients one GiB of app memory holds."""
+    med = doc.get("memory_curve_medians") or {}
+    if not med:
+        return []
+    systems = sorted(med, key=lambda s: (not s.startswith("template"), s != "node", s))
+    sizes = sorted({int(n) for s in med.values() for n in s}, key=int)
+    rows = next((r for r in doc.get("memory_curve", []) if "processes" in r), {})
+    out = [
+        "",
+        f"| Memory per connection: idle WebSocket clients on {rows.get('processes', '?')} processes "
+        f"(behind {rows.get('haproxy_processes', '?')} HAProxy processes), app RSS added per client, KB | "
+        + " | ".join(CURVE_NAMES.get(s, s) for s in systems)
+        + (" | Template/Node | clients per GiB (Template, Node)" if {"template", "node"} <= set(med) else "")
+        + " |",
+        "|---|" + "---:|" * len(systems) + ("---:|---:|" if {"template", "node"} <= set(med) else ""),
+    ]
+    for n in sizes:
+        vals = {s: med[s].get(str(n), {}) for s in systems}
+        cells = [f"{n:,} clients"]
+        for s in systems:
+            v = vals[s]
+            if not v:
+                cells.append("")
+                continue
+            each = "/".join(f"{x:.1f}" for x in v["each_run"])
+            flag = "" if v.get("all_upgraded", True) else " (not all upgraded)"
+            cells.append(f"**{v['app_kb_per_conn']:.1f}** ({each}){flag}")
+        if {"template", "node"} <= set(med):
+            t, nd = vals["template"].get("app_kb_per_conn"), vals["node"].get("app_kb_per_conn")
+            cells.append(f"{t / nd:.2f}x" if t and nd else "")
+            cells.append(f"{1024 * 1024 / t:,.0f}, {1024 * 1024 / nd:,.0f}" if t and nd and t > 0 and nd > 0 else "")
+        out.append("| " + " | ".join(cells) + " |")
+    for system in systems:
+        errors = [r for r in doc.get("memory_curve", []) if r.get("system") == system and "error" in r]
+        if errors:
+            reached = [max((p["clients"] for p in r.get("points", [])), default=0) for r in errors]
+            out.append("")
+            out.append(
+                f"{CURVE_NAMES.get(system, system)}: {len(errors)} of "
+                f"{sum(r.get('system') == system for r in doc['memory_curve'])} runs ended early "
+                f"({errors[0]['error']}), after reaching {', '.join(f'{n:,}' for n in reached)} clients: no figure "
+                "above that size."
+            )
+    env = next((r.get("env") for r in doc.get("memory_curve", []) if r.get("system") == "template"), None)
+    if env:
+        out.append("")
+        out.append(
+            "Template caps raised for the curve so that 10,000 clients fit on 2 processes (they allocate nothing): "
+            + ", ".join(f"`{k}={v}`" for k, v in env.items())
+            + "."
+        )
+    return out
 
 
 def ceiling_table(doc, systems):

@@ -11,12 +11,18 @@ send() itself. With `WEBSOCKET_DIRECT_SEND` (default true), under gevent-websock
   So a client that does not read never holds up the others (e.g. a broadcast to 500 clients).
 - The writer waits for its queue without a timer: engineio's timeout there is only a fallback, since the
   WebSocket handler queues None when its reader ends, and so does Socket.close().
+- With `WEBSOCKET_WRITER_ON_DEMAND` (default true), the writer greenlet runs only while there is something to
+  write: started when a packet goes to the queue (the outbox could not send it, or packets were queued before
+  the upgrade), it ends once the queue is empty, and Socket.close() starts one that waits for its None, as
+  engineio's does. An idle WebSocket then holds one greenlet (its reader) instead of two: a greenlet's saved
+  stack, its frames and its wait cost about 7 KB each (scripts/memory_breakdown.py,
+  docs/performance.md#memory-per-connection).
 
 Same packets, in the same order, as engineio's writer: tests/test_websocket_writes.py.
 """
 
 import gevent
-from engineio import packet
+from engineio import exceptions, packet
 from engineio import socket as engineio_socket
 
 from patches.websocket_speedups import FrameWriter
@@ -49,9 +55,138 @@ def websocket_handler(sock, ws):
     if isinstance(writer, FrameWriter):
         sock.direct = (websocket, writer)
     try:
+        if sock.direct is not None and WRITER_ON_DEMAND[0]:
+            return on_demand_handler(sock, ws)
         return ENGINEIO_WEBSOCKET_HANDLER(sock, ws)
     finally:
         sock.direct = None
+
+
+WRITER_ON_DEMAND = [True]  # WEBSOCKET_WRITER_ON_DEMAND, set by install()
+
+
+def on_demand_handler(self, ws):
+    """python-engineio 4.15.1's Socket._websocket_handler, line for line, except that its writer greenlet is
+    started on demand (wake_writer) instead of once for the connection's whole life."""
+
+    def websocket_wait():
+        data = ws.wait()
+        if data and len(data) > self.server.max_http_buffer_size:
+            raise ValueError("packet is too large")
+        return data
+
+    # try to set a socket timeout matching the configured ping interval and timeout
+    for attr in ["_sock", "socket"]:  # pragma: no cover
+        if hasattr(ws, attr) and hasattr(getattr(ws, attr), "settimeout"):
+            getattr(ws, attr).settimeout(self.server.ping_interval + self.server.ping_timeout)
+
+    if self.connected:
+        # the socket was already connected, so this is an upgrade
+        self.upgrading = True  # hold packet sends during the upgrade
+
+        pkt = websocket_wait()
+        decoded_pkt = packet.Packet(encoded_packet=pkt)
+        if decoded_pkt.packet_type != packet.PING or decoded_pkt.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return []
+        ws.send(packet.Packet(packet.PONG, data="probe").encode())
+        self.queue.put(packet.Packet(packet.NOOP))  # end poll
+
+        pkt = websocket_wait()
+        decoded_pkt = packet.Packet(encoded_packet=pkt)
+        if decoded_pkt.packet_type != packet.UPGRADE:
+            self.upgraded = False
+            self.server.logger.info(
+                ("%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead."), self.sid, pkt
+            )
+            self.upgrading = False
+            return []
+        self.upgraded = True
+        self.upgrading = False
+    else:
+        self.connected = True
+        self.upgraded = True
+
+    # engineio starts its writer here; on demand, only for what is queued already
+    self.writer_ws, self.writer_task, self.writer_done = ws, None, False
+    try:
+        wake_writer(self)
+
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+
+        while True:
+            p = None
+            try:
+                p = websocket_wait()
+            except Exception as e:
+                # if the socket is already closed, we can assume this is a downstream error of that
+                if not self.closed:  # pragma: no cover
+                    self.server.logger.info('%s: Unexpected error "%s", closing connection', self.sid, str(e))
+                break
+            if p is None:
+                # connection closed by client
+                break
+            pkt = packet.Packet(encoded_packet=p)
+            try:
+                self.receive(pkt)
+            except exceptions.UnknownPacketError:  # pragma: no cover
+                pass
+            except exceptions.SocketIsClosedError:  # pragma: no cover
+                self.server.logger.info("Receive error -- socket is closed")
+                break
+            except:  # noqa: E722  # pragma: no cover
+                # if we get an unexpected exception we log the error and exit the connection properly
+                self.server.logger.exception("Unknown receive error")
+                break
+
+        self.queue.put(None)  # unlock the writer task so that it can exit
+        wake_writer(self)
+        if self.writer_task is not None:
+            self.writer_task.join()
+    finally:
+        self.writer_ws, self.writer_done = None, True
+    self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    return []
+
+
+def wake_writer(sock, until_none=False):
+    """On demand: start the socket's writer for what its queue holds, unless one runs or an earlier one ended the
+    connection (engineio's writer also ends for good on None or a failed send). until_none: a writer that waits
+    for the queue's None, as engineio's does (Socket.close() waits for the queue to be written)."""
+    ws = sock.writer_ws
+    if ws is None or sock.writer_done or sock.writer_task is not None:
+        return
+    if not until_none and not sock.queue.qsize():
+        return
+    sock.writer_task = sock.server.start_background_task(on_demand_writer, sock, ws, not until_none)
+
+
+def on_demand_writer(sock, ws, until_empty):
+    """engineio's writer (the closure in Socket._websocket_handler); until_empty: it also ends, until woken
+    again, once the queue is empty instead of waiting on it."""
+    try:
+        while not until_empty or sock.queue.qsize():
+            packets = None
+            try:
+                packets = sock.poll()
+            except exceptions.QueueEmpty:
+                break
+            if not packets:
+                # empty packet list returned -> connection closed
+                break
+            try:
+                for pkt in packets:
+                    ws.send(pkt.encode())
+            except:  # noqa: E722  (engineio's own)
+                break
+        else:
+            return  # idle again: nothing queued
+        sock.writer_done = True
+        ws.close()
+    finally:
+        sock.writer_task = None
 
 
 class Outbox:
@@ -74,6 +209,7 @@ class Outbox:
                 sent = False
             if not sent:
                 sock.queue.put(pkt)
+                wake_writer(sock)
 
     def move_to_queue(self, sock):
         """A socket's packets still here go to its writer's queue, in order (before close() queues None)."""
@@ -82,6 +218,7 @@ class Outbox:
             self.items = [item for item in self.items if item[0] is not sock]
             for _, _, pkt in mine:
                 sock.queue.put(pkt)
+            wake_writer(sock)
 
 
 OUTBOX = Outbox()
@@ -91,7 +228,8 @@ def send(sock, pkt):
     """engineio's Socket.send; a packet for an idle WebSocket goes to the outbox instead of its writer."""
     direct = sock.direct
     if direct is None or not sock.upgraded or sock.queue.qsize():
-        return ENGINEIO_SEND(sock, pkt)
+        ENGINEIO_SEND(sock, pkt)
+        return wake_writer(sock)
     if not sock.check_ping_timeout():
         return
     OUTBOX.add(sock, direct, pkt)
@@ -108,6 +246,8 @@ def close(sock, *args, **kwargs):
     if sock.direct is not None:
         OUTBOX.move_to_queue(sock)
         sock.direct = None
+    if not sock.closed and not sock.closing:  # engineio's close() queues None only then
+        wake_writer(sock, until_none=True)  # on demand: a writer that waits for that None, as engineio's
     return ENGINEIO_CLOSE(sock, *args, **kwargs)
 
 
@@ -146,6 +286,10 @@ def install(socketio, app, settings):
     """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND; false restores engineio's own path."""
     enabled = settings.websocket_direct_send and WebSocket is not None
     engineio_socket.Socket.direct = None
+    engineio_socket.Socket.writer_ws = None  # set while on_demand_handler runs: the writer starts on demand
+    engineio_socket.Socket.writer_task = None
+    engineio_socket.Socket.writer_done = False
+    WRITER_ON_DEMAND[0] = settings.websocket_writer_on_demand
     engineio_socket.Socket.send = send if enabled else ENGINEIO_SEND
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE

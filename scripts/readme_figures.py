@@ -150,14 +150,21 @@ def goals_table():
             and shipped["failures"] == 0
             and shipped["alive_after_hold"] == shipped["clients"],
         )
-    per_conn = ratio(get("connect", "template", "app_rss_kb_per_conn"), get("connect", "node", "app_rss_kb_per_conn"))
-    if per_conn is not None:
-        goal(
-            "server memory per connection no more than Node's",
-            f"{get('connect', 'template', 'app_rss_kb_per_conn'):.0f} KB vs Node "
-            f"{get('connect', 'node', 'app_rss_kb_per_conn'):.0f} KB ({fmt_ratio(per_conn)})",
-            per_conn <= 1,
+    # memory is judged where it matters, thousands of clients per process (issue #18): bench/run's memory_curve
+    curve = load(MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE)
+    for n in (5000, 10000):
+        t, nd = (
+            curve["memory_curve_medians"].get(s, {}).get(str(n), {}).get("app_kb_per_conn")
+            for s in ("template", "node")
         )
+        if t is not None and nd is not None:
+            goal(
+                f"app memory per idle WebSocket client at {n:,} clients on {curve['sizes']['replicas']} processes "
+                "no more than Node's (memory_curve)",
+                f"{t:.1f} KB vs Node {nd:.1f} KB ({fmt_ratio(ratio(t, nd))}; template "
+                f"{curve['machine']['template_git'].split(' ')[0]}, {curve['machine']['date'][:10]})",
+                t <= nd,
+            )
     lines = [
         f"From `bench/results/latest.json` ({doc['machine']['date'][:10]}, template {doc['machine']['template_git']}):",
         "",
@@ -236,6 +243,98 @@ def tuning_table():
     return "\n".join(lines)
 
 
+MEMORY_CURVE = "memory-curve/latest.json"  # bench/run --scenarios memory_curve --out bench/results/memory-curve
+MEMORY_CURVE_AFTER = "memory-curve-after/latest.json"  # the same after the cut (--systems template,node)
+MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py --env WEBSOCKET_WRITER_ON_DEMAND=false
+MEMORY_BREAKDOWN_AFTER = "memory-breakdown-on-demand.json"  # scripts/memory_breakdown.py, as shipped
+
+
+def memory_curve_note():
+    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve), before the cut and, once
+    measured, after it."""
+    text = curve_note(MEMORY_CURVE, "Before the cut (the template as it was on main)")
+    if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists():
+        text += "\n\n" + curve_note(MEMORY_CURVE_AFTER, "After the cut (the writer greenlet on demand, as shipped now)")
+    return text
+
+
+def curve_note(name, title):
+    import report
+
+    doc = load(name)
+    s, m = doc["sizes"], doc["machine"]
+    lines = [
+        f"**{title}.** From `bench/results/{name}` ({m['date'][:10]}, template {m['template_git'].split(' ')[0]}, "
+        f"{m['nproc']} cores, load average at start {' '.join(m['loadavg_at_start'])}; medians of {s['curve_runs']} "
+        f"interleaved runs, each run's figure in brackets; clients ramped at {s['curve_rate']}/s, polling first "
+        f"then the upgrade, sampled {s['curve_step_hold']:g} s after each step). A figure is the RSS of every "
+        "app process (gunicorn masters and workers, Node's and uvicorn's processes) with the clients connected, "
+        "minus the same before the first client, divided by the clients; *clients per GiB* is 1 GiB divided by it.",
+    ]
+    return "\n".join(lines + report.curve_table(doc))
+
+
+def memory_breakdown_note():
+    """docs/performance.md, Where it goes: scripts/memory_breakdown.py's result."""
+    doc = load(MEMORY_BREAKDOWN)
+    after = load(MEMORY_BREAKDOWN_AFTER)
+    kb = lambda b: f"{b / 1024:.2f}"  # noqa: E731
+    both = lambda key, f=kb: f"{f(doc[key])} | {f(after[key])}"  # noqa: E731
+    lines = [
+        f"From `bench/results/{MEMORY_BREAKDOWN}` ({doc['date'][:10]}, `{doc['command'].strip()}`: the writer "
+        f"greenlet as before the cut) and `bench/results/{MEMORY_BREAKDOWN_AFTER}` (`{after['command'].strip()}`: "
+        f"as shipped now): one instance holding {doc['websocket']:,} and {after['websocket']:,} idle WebSocket "
+        "clients. The RSS here is measured with tracemalloc on and the clients connected straight to the instance, "
+        "so compare it within this table, not with the curve above. Per connection:",
+        "",
+        "| what | writer as before, KB | writer on demand (shipped), KB |",
+        "| --- | ---: | ---: |",
+        f"| worker RSS added (tracemalloc's own bookkeeping left out) | {both('rss_bytes_per_conn')} |",
+        "| of which traced by tracemalloc (Python's allocators: objects, buffers, greenlet stacks) | "
+        f"{both('traced_bytes_per_conn')} |",
+        "| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation, greenlets' "
+        f"Python frame stacks) | {both('untraced_bytes_per_conn')} |",
+        f"| greenlets alive per connection (count) | {both('greenlets_per_conn', lambda v: f'{v:.2f}')} |",
+        "| their saved C stacks (greenlet `_stack_saved`, within *traced*) | "
+        f"{both('greenlet_stack_bytes_per_conn')} |",
+        "",
+        "The rest describes the writer as before:",
+        "",
+        "Traced bytes per connection by holder (the first frame of each allocation's traceback that names a "
+        "library or a part of the template, `HOLDERS` in the script):",
+        "",
+        "| holder | KB per connection | blocks per connection |",
+        "| --- | ---: | ---: |",
+    ]
+    for holder, v in doc["traced_by_holder"].items():
+        if abs(v["bytes_per_conn"]) >= 10:
+            lines.append(f"| {holder} | {kb(v['bytes_per_conn'])} | {v['blocks_per_conn']:.2f} |")
+    lines += [
+        "",
+        "The largest allocation sites (the first frame outside the standard library):",
+        "",
+        "| site | holder | KB per connection |",
+        "| --- | --- | ---: |",
+    ]
+    for site, v in list(doc["traced_by_site"].items())[:15]:
+        lines.append(f"| `{site}` | {v['holder']} | {kb(v['bytes_per_conn'])} |")
+    lines += [
+        "",
+        "Per-session state, measured on the objects (sys.getsizeof, one level deep; within *traced*):",
+        "",
+        "| holder | KB per connection |",
+        "| --- | ---: |",
+    ]
+    for holder, b in doc["session_state_bytes_per_conn"].items():
+        lines.append(f"| {holder} | {kb(b)} |")
+    stacks = [(k, v) for k, v in doc["greenlet_stack_bytes_by_function"].items() if v >= 10]
+    if stacks:
+        lines += ["", "Greenlet saved stacks by what the greenlet runs:", "", "| greenlet runs | KB per connection |"]
+        lines.append("| --- | ---: |")
+        lines += [f"| `{k}` | {kb(v)} |" for k, v in stacks]
+    return "\n".join(lines)
+
+
 def headline():
     """The README's few figures: the shipped template against Node's socket.io and python-socketio on ASGI."""
     doc = load("latest.json")
@@ -292,12 +391,26 @@ def headline():
         + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
         + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
     )
+    name = MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE
+    curve = load(name)
+    cm = curve["memory_curve_medians"]
+    at = lambda s, n: cm.get(s, {}).get(str(n), {}).get("app_kb_per_conn")  # noqa: E731
+    if None not in (at("template", 5000), at("node", 5000), at("template", 10000), at("node", 10000)):
+        text += (
+            f" Memory at the counts deployments run (`bench/run --scenarios memory_curve`, template "
+            f"{curve['machine']['template_git'].split(' ')[0]}, {curve['machine']['date'][:10]}): "
+            f"{at('template', 5000):.0f} KB per idle WebSocket client with 5,000 on 2 processes and "
+            f"{at('template', 10000):.0f} KB with 10,000 (Node {at('node', 5000):.0f} and {at('node', 10000):.0f} KB), "
+            f"about {1024 * 1024 / at('template', 10000):,.0f} idle clients per GiB of app memory (Node "
+            f"{1024 * 1024 / at('node', 10000):,.0f}): see "
+            "[docs/performance.md](docs/performance.md#memory-per-connection)."
+        )
     return text
 
 
 # bench/ab_report.py's summaries of the speedups' A/Bs, the later first: a variant's figures (and the A/A
 # spread beside them) come from the first file that measured it.
-AB_FILES = ("speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
+AB_FILES = ("memory-ab/latest-ab.json", "speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
 AA = "template+SPEEDUPS=on"  # the template again: its ratios are the run-to-run spread
 METRIC_LABELS = {
     "app_cpu_ms_per_1000": "app CPU per message",
@@ -330,11 +443,19 @@ SETTING_VARIANTS = {
     "template+IDLE_EVENT_GREENLETS=0": "inline_handlers' reused event greenlets (since removed)",
     "template+SPEEDUPS=off": "every speedup of the A/B (the removed ones too)",
 }
+# Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
+# not slow down. bench/results/memory-ab.
+MEMORY_ECHO_AB = "memory-ab-echo/latest-ab.json"  # echo_ws only, more runs: bench/results/memory-ab-echo
+MEMORY_VARIANTS = {
+    "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
+}
 
 
 def ab_source(variant):
     """The A/B summary that measured this variant last (with its own A/A), or {}."""
     for name in AB_FILES:
+        if not (ROOT / "bench" / "results" / name).exists():
+            continue
         ab = load(name)
         if variant in ab:
             return ab
@@ -406,6 +527,44 @@ def speedups_tables():
             )
         ]
         lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+    memory_ab = load(AB_FILES[0]) if (ROOT / "bench" / "results" / AB_FILES[0]).exists() else {}
+    if memory_ab:
+        rows = [
+            (f"memory_curve_{n}", "app_kb_per_conn", f"{n:,} clients: app KB/conn") for n in (1000, 5000, 10000)
+        ] + [
+            ("echo_ws", "app_cpu_ms_per_1000", "echo_ws app CPU"),
+            ("broadcast", "app_cpu_ms_per_1000", "broadcast app CPU"),
+        ]
+        lines += [
+            "",
+            "**Memory per idle connection** (`memory_curve`: 2 processes, 1,000, 5,000 and 10,000 WebSocket clients; "
+            f"`bench/results/{AB_FILES[0]}`), variant ÷ template in the same run, and the rows it must not slow "
+            "down; *A/A* is the template against itself:",
+            "",
+            "| variant | turns off | " + " | ".join(label for _, _, label in rows) + " |",
+            "|---|---|" + "---|" * len(rows),
+        ]
+        for variant, what in [*MEMORY_VARIANTS.items(), (AA, "nothing (A/A: the run-to-run spread)")]:
+            cells = []
+            for scenario, metric, _ in rows:
+                figures = memory_ab.get(variant, {}).get(scenario, {}).get(metric)
+                runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
+                cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
+            lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+        echo_path = ROOT / "bench" / "results" / MEMORY_ECHO_AB
+        if echo_path.exists():  # the echo row again, with more runs: its spread above is wide
+            echo_ab = load(MEMORY_ECHO_AB)
+            for variant in [*MEMORY_VARIANTS, AA]:
+                cpu = echo_ab.get(variant, {}).get("echo_ws", {}).get("app_cpu_ms_per_1000")
+                rate = echo_ab.get(variant, {}).get("echo_ws", {}).get("echo_per_s")
+                if cpu and rate:
+                    lines.append("")
+                    lines.append(
+                        f"`{variant[len('template+') :]}` on echo_ws again (`bench/results/{MEMORY_ECHO_AB}`, "
+                        f"{len(cpu['runs'])} runs): app CPU per message **{cpu['median']:.3f}** "
+                        f"({'/'.join(f'{v:.3f}' for v in cpu['runs'])}), throughput **{rate['median']:.3f}** "
+                        f"({'/'.join(f'{v:.3f}' for v in rate['runs'])})."
+                    )
     lines += [
         "",
         "**For the operations layer** (on whatever `SPEEDUPS` says, while their versions match):",
@@ -503,6 +662,8 @@ TARGETS = {
         "tuning": tuning_table,
         "bench": bench_tables,
         "after-pruning": after_pruning,
+        "memory-curve": memory_curve_note,
+        "memory-breakdown": memory_breakdown_note,
     },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table},

@@ -202,6 +202,90 @@ def test_packets_for_a_closed_websocket_go_to_the_queue_as_engineio_does():
     handler.join(timeout=5)
 
 
+def on_demand(enabled):
+    websocket_writes.install(
+        None, None, Settings.from_env({"APP_ENV": "development", "WEBSOCKET_WRITER_ON_DEMAND": str(enabled).lower()})
+    )
+
+
+def test_an_idle_websocket_holds_no_writer_greenlet():
+    client = Client()
+    sock, handler = open_socket(client)
+    assert sock.writer_task is None  # engineio's writer would be waiting on the queue for the connection's life
+    for i in range(3):
+        sock.send(message(i))
+    gevent.sleep(0)
+    assert [data for _, data in client.read_frames(3)] == [encoded(message(i)) for i in range(3)]
+    assert sock.writer_task is None
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+
+
+def test_control_with_the_setting_off_engineio_writer_waits_for_the_whole_connection():
+    on_demand(False)
+    client = Client()
+    sock, handler = open_socket(client)
+    assert sock.writer_task is None and sock.writer_ws is None  # engineio's handler, its own writer
+    sock.send(message(1))
+    assert client.read_frames(1) == [(gws.WebSocket.OPCODE_TEXT, encoded(message(1)))]
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+
+
+def whole_session(enabled, upgrade):
+    """Everything a client reads in one session, with the writer on demand or engineio's: an upgrade (or a
+    connection that starts on WebSocket), packets the kernel cannot all take (the queue and the writer), a
+    pause, more packets, a client message, then the server closes and waits (close(wait=True))."""
+    on_demand(enabled)
+    client = Client(sndbuf=4096)
+    server = engineio.Server(async_mode="gevent")
+    sock = engineio_socket.Socket(server, "sid-1")
+    received = []
+    sock.receive = received.append
+    if upgrade:
+        sock.connected = True
+        client.incoming.put("2probe")
+        client.incoming.put("5")
+    handler = gevent.spawn(sock._websocket_handler, client)
+    gevent.sleep(0.01)
+    assert sock.upgraded
+    count, size = 120, 1000
+    for i in range(count):
+        sock.send(message(i, size))
+    gevent.sleep(0)
+    if enabled:
+        assert sock.writer_task is not None  # started for what the kernel did not take
+    frames = client.read_frames(count + (2 if upgrade else 0))
+    gevent.sleep(0.05)
+    if enabled:
+        assert sock.writer_task is None  # the queue is empty: it ended
+    sock.send(message(-1))
+    client.incoming.put('42["hi"]')
+    gevent.sleep(0.01)
+    closer = gevent.spawn(sock.close)  # wait=True: returns once the writer took the queue's None
+    frames += client.read_frames(3)
+    closer.join(timeout=5)
+    assert closer.dead and closer.successful()
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+    return frames, [(p.packet_type, p.data) for p in received], sock.queue.unfinished_tasks
+
+
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_on_demand_writer_writes_what_engineio_writer_writes(upgrade):
+    ours, engineios = whole_session(True, upgrade), whole_session(False, upgrade)
+    assert ours == engineios
+    frames, received, _unfinished = ours
+    if upgrade:
+        assert frames[:2] == [(gws.WebSocket.OPCODE_TEXT, b"3probe"), (gws.WebSocket.OPCODE_TEXT, b"6")]
+    assert frames[-3:-1] == [(gws.WebSocket.OPCODE_TEXT, encoded(message(-1))), (gws.WebSocket.OPCODE_TEXT, b"1")]
+    assert frames[-1][0] == gws.WebSocket.OPCODE_CLOSE
+    assert received == [(packet.MESSAGE, '2["hi"]')]  # unfinished: as engineio's (the None it puts back)
+
+
 def test_the_app_installs_it(app):
     assert engineio_socket.Socket.send is websocket_writes.send
     assert engineio_socket.Socket.poll is websocket_writes.poll
