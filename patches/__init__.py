@@ -25,7 +25,7 @@ SPEEDUP_NAMES = (
     "websocket_writes",
 )
 # The replacements the operations layer installs itself (not switched by SPEEDUPS).
-OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager")
+OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager", "connection_recovery")
 
 
 def apply(module, *args):
