@@ -115,16 +115,16 @@ class Sender:
         self.client.disconnect()
 
 
-def cut_sessions(stack, state, victim, cut_s):
-    """HAProxy cuts every session of `victim` and accepts no new ones for `cut_s` seconds; instances stay up."""
+def cut_sessions(state, victim, cut_s):
+    """HAProxy cuts every session of `victim` and accepts no new connection for `cut_s` seconds (its public
+    listener paused: reconnects wait in the backlog); the instances, and the other clients' connections, stay."""
     sock = state["haproxy"]["socket"]
-    names = [app["name"] for app in state["apps"]]
-    for name in names:
-        haproxy_command(sock, f"set server app/{name} state maint")
-    haproxy_command(sock, f"shutdown sessions server app/{victim}")
-    time.sleep(cut_s)
-    for name in names:
-        haproxy_command(sock, f"set server app/{name} state ready")
+    haproxy_command(sock, "disable frontend public")
+    try:
+        haproxy_command(sock, f"shutdown sessions server app/{victim}")
+        time.sleep(cut_s)
+    finally:
+        haproxy_command(sock, "enable frontend public")
 
 
 def analyse(member, sent, fault_at, fault_victim):
@@ -188,7 +188,7 @@ def scenario(stack, fault="kill", members=6, rate=50, before_s=3.0, after_s=6.0,
         elif fault == "restart":
             restart_instance(stack, state, app)
         elif fault == "cut":
-            cut_sessions(stack, state, victim, cut_s)
+            cut_sessions(state, victim, cut_s)
         else:
             raise ValueError(f"unknown fault {fault!r}")
         time.sleep(after_s)

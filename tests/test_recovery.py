@@ -1,0 +1,215 @@
+"""Connection state recovery (CONNECTION_STATE_RECOVERY, operations/recovery.py) end to end: real HAProxy, Redis
+and gunicorn instances, Node's socket.io-client as the room's members (tests/node/recovery-member.mjs), a
+python-socketio sender, and a raw Socket.IO client for what an official client never sends (forged pids,
+foreign offsets). The scenarios are scripts/measure_recovery.py's; nothing here asserts on speed."""
+
+import json
+import secrets
+import shutil
+import time
+
+import pytest
+import websocket
+from measure_recovery import Sender, cut_sessions, scenario
+from native_stack import ROOT
+
+from application.config import ConfigError, Settings
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("node") and (ROOT / "node_modules" / "socket.io-client").is_dir()),
+    reason="needs node and `npm ci` (scripts/test does both)",
+)
+
+RECOVERY = {"CONNECTION_STATE_RECOVERY": "true", "EVENT_RATE": 0}
+
+
+def assert_everyone_got_everything_once_in_order(result):
+    assert result["sent"] > 100 and result["send_failures"] == 0, result
+    assert result["affected_members"] >= 1, result
+    for member in result["members"]:
+        assert member["exactly_once_in_order"], member
+        assert member["lost"] == member["duplicates"] == member["out_of_order"] == 0, member
+        assert member["with_offset"] == member["received"], member  # every room message carried its offset
+        assert member["same_id"], member
+        if member["affected"]:
+            # back once, recovered, and the room's messages after the recovery reached it (the list goes on)
+            assert member["recovered"] == [True], member
+        else:
+            assert member["connects"] == 1, member
+
+
+def test_kill9_members_recover_every_message_once_in_order_with_their_id_and_rooms(own_stack):
+    result = scenario(own_stack(**RECOVERY), "kill", members=6, rate=50, before_s=3, after_s=6)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    assert_everyone_got_everything_once_in_order(result)
+
+
+def test_control_kill9_without_recovery_loses_messages_and_gives_new_ids(own_stack):
+    result = scenario(own_stack(EVENT_RATE=0), "kill", members=6, rate=50, before_s=3, after_s=6)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    affected = [member for member in result["members"] if member["affected"]]
+    assert affected, result
+    for member in affected:
+        assert member["recovered"] == [False], member
+        assert not member["same_id"], member
+        assert member["lost"] > 0, member  # the messages of the gap: counted
+        assert member["with_offset"] == 0, member  # no offsets without the setting
+    assert result["lost_total"] == sum(member["lost"] for member in affected)
+
+
+def test_rolling_restart_members_recover_every_message_once_in_order(own_stack):
+    stack = own_stack(DRAIN_SECONDS=1, CLOSE_SPREAD_SECONDS=2, **RECOVERY)
+    result = scenario(stack, "restart", members=6, rate=50, before_s=3, after_s=4)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    assert_everyone_got_everything_once_in_order(result)
+
+
+def test_network_cut_of_10s_members_recover_every_message_once_in_order(own_stack):
+    result = scenario(own_stack(**RECOVERY), "cut", members=4, rate=50, before_s=3, after_s=4, cut_s=10)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    assert_everyone_got_everything_once_in_order(result)
+    affected = [member for member in result["members"] if member["affected"]]
+    assert all(member["fault_to_reconnect_ms"] >= 9000 for member in affected), affected  # the cut lasted
+
+
+def test_client_away_longer_than_the_window_gets_a_new_session_and_no_replay(own_stack):
+    stack = own_stack(RECOVERY_MAX_DISCONNECTION=3, **RECOVERY)
+    result = scenario(stack, "cut", members=4, rate=50, before_s=2, after_s=4, cut_s=7)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    affected = [member for member in result["members"] if member["affected"]]
+    assert affected, result
+    for member in affected:
+        assert member["recovered"] == [False] and not member["same_id"], member
+        assert member["lost"] > 0 and member["duplicates"] == 0, member  # the cut's messages: not replayed
+    for member in result["members"]:
+        if not member["affected"]:
+            assert member["exactly_once_in_order"], member
+
+
+# --- a raw Socket.IO client over WebSocket: sends what the official clients never would --------------------
+class RawClient:
+    """Engine.IO 4 / Socket.IO 5 over one WebSocket, by hand."""
+
+    def __init__(self, url, auth=None):
+        self.ws = websocket.create_connection(
+            url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10
+        )
+        assert self.ws.recv().startswith("0")  # Engine.IO open
+        self.events = []  # (event, args) received, the replay included
+        self.ws.send("40" + (json.dumps(auth) if auth is not None else ""))
+        self.connect = self._until(lambda p: p.startswith(("40", "44")))
+        self.connect = json.loads(self.connect[2:])
+
+    def _until(self, wanted, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            packet = self.ws.recv()
+            if packet == "2":  # ping
+                self.ws.send("3")
+            elif packet.startswith("42"):
+                event, *args = json.loads(packet[2:])
+                self.events.append((event, args))
+                if wanted(packet):
+                    return packet
+            elif wanted(packet):
+                return packet
+        raise TimeoutError("no such packet")
+
+    def call(self, event, data, ack_id):
+        self.ws.send(f"42{ack_id}" + json.dumps([event, data]))
+        return json.loads(self._until(lambda p: p.startswith(f"43{ack_id}["))[2 + len(str(ack_id)) :])[0]
+
+    def wait_message(self, text):
+        self._until(lambda p: p.startswith("42") and json.loads(p[2:])[1].get("message") == text)
+        return next(args for event, args in self.events if event == "message" and args[0]["message"] == text)
+
+    def messages(self, settle=1.0):
+        self.ws.settimeout(settle)
+        try:
+            while True:
+                self._until(lambda p: False, timeout=settle)
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            pass
+        return [args[0]["message"] for event, args in self.events if event == "message"]
+
+    def cut(self):
+        self.ws.shutdown()  # no close frame, no Socket.IO disconnect: a cut, as the network would make it
+
+
+def test_forged_pid_and_foreign_offset_restore_nothing_and_leak_nothing(own_stack):
+    stack = own_stack(replicas=2, **RECOVERY)
+    url = stack.status()["url"]
+    sender = Sender(url, "private", rate=1)
+    victim = RawClient(url)
+    assert victim.call("join", {"room": "private"}, 1)["ok"]
+    user = RawClient(url)
+    assert "pid" in user.connect and "pid" in victim.connect
+    assert user.call("join", {"room": "public"}, 1)["ok"]
+    for room, text in (("private", "secret-1"), ("public", "hello-1")):
+        assert sender.client.call("say", {"room": room, "message": text}, timeout=10)["ok"]
+    foreign_offset = victim.wait_message("secret-1")[-1]  # an offset of the victim's session
+    own_offset = user.wait_message("hello-1")[-1]
+    assert isinstance(foreign_offset, str) and isinstance(own_offset, str)
+    user.cut()
+    time.sleep(1)
+    for room, text in (("private", "secret-2"), ("public", "hello-2")):  # while the user is away
+        assert sender.client.call("say", {"room": room, "message": text}, timeout=10)["ok"]
+    sid, pid = user.connect["sid"], user.connect["pid"]
+
+    attempts = {
+        "forged pid": {"pid": secrets.token_urlsafe(16), "offset": foreign_offset},
+        "the victim's offset": {"pid": pid, "offset": foreign_offset},
+        "pid of the wrong type": {"pid": {"$ne": None}, "offset": own_offset},
+        "huge pid": {"pid": "x" * 100_000, "offset": own_offset},
+        "malformed offset": {"pid": pid, "offset": "not-an-offset"},
+    }
+    for what, auth in attempts.items():
+        attempt = RawClient(url, auth)
+        assert attempt.connect["sid"] != sid and attempt.connect["pid"] != pid, what
+        assert attempt.messages() == [], what  # no replay: nothing of the victim's room, nothing of the user's
+        attempt.cut()
+
+    # control: the user's own pid and offset restore its session (so the checks above could fail)
+    back = RawClient(url, {"pid": pid, "offset": own_offset})
+    assert back.connect == {"sid": sid, "pid": pid}
+    assert back.messages() == ["hello-2"]  # the public message it missed, once; nothing of "private"
+    assert sender.client.call("say", {"room": "public", "message": "hello-3"}, timeout=10)["ok"]
+    back.wait_message("hello-3")  # still in its room
+    assert victim.messages() == ["secret-1", "secret-2"]
+    sender.client.disconnect()
+
+
+def test_python_socketio_client_gets_the_offset_as_an_extra_argument(own_stack, clients):
+    """python-socketio's client does not implement recovery: documented, and shown here."""
+    url = own_stack(replicas=1, **RECOVERY).status()["url"]
+    listener = clients(url, transports=["websocket"])
+    got = []
+    listener.client.on("message", lambda *args: got.append(args))
+    assert listener.call("join", {"room": "py"})["ok"]
+    assert listener.call("say", {"room": "py", "message": "m"})["ok"]
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got and len(got[0]) == 2 and got[0][0]["message"] == "m" and isinstance(got[0][1], str)
+
+
+def test_settings_are_checked():
+    assert Settings.from_env({"APP_ENV": "development"}).connection_state_recovery is False
+    on = Settings.from_env({"APP_ENV": "development", "CONNECTION_STATE_RECOVERY": "true"})
+    assert on.connection_state_recovery and on.recovery_max_disconnection == 120
+    for env in ({"CONNECTION_STATE_RECOVERY": "maybe"}, {"RECOVERY_MAX_DISCONNECTION": "0"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Settings.from_env({"APP_ENV": "development", **env})
+
+
+def test_cut_sessions_keeps_other_connections(own_stack, clients):
+    """The cut scenario's tool: the victim instance's sessions go, the others' stay, no one connects meanwhile."""
+    stack = own_stack(replicas=2)
+    url = stack.status()["url"]
+    recorders = [clients(url, transports=["websocket"]) for _ in range(4)]
+    where = [recorder.call("whoami") for recorder in recorders]
+    victim = where[0]
+    cut_sessions(stack.load(), victim, 2)
+    time.sleep(0.5)
+    for recorder, instance in zip(recorders, where):
+        assert (recorder.disconnects > 0) == (instance == victim), (instance, victim)
