@@ -33,7 +33,7 @@ socket.on("message", (payload, offset) => {
 });
 
 socket.on("connect", async () => {
-  const entry = { id: socket.id, recovered: socket.recovered, at: Math.round(now()), instance: null };
+  const entry = { id: socket.id, recovered: socket.recovered === true, at: Math.round(now()), instance: null };
   result.connects.push(entry);
   try {
     entry.instance = await socket.timeout(5000).emitWithAck("whoami");
