@@ -205,7 +205,7 @@ class SessionStore:
             return False
         restore.missed = []
         for entry_id, fields in missed:
-            fields = dict(zip(fields[::2], fields[1::2]))
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
             message = json.loads(fields[b"m"])
             if addressed_to(message, restore.namespace, restore.sid, restore.rooms):
                 restore.missed.append((text(entry_id), message))

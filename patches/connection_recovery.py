@@ -61,7 +61,9 @@ class RecoveryManager(QueueManager):
         room = to or room
         if callback is not None or kwargs.get("ignore_queue") or self._redis_known_down():
             # an ack cannot be replayed elsewhere; local-only emits and emits while Redis is away get no offset
-            return super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+            return super().emit(
+                event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
+            )
         args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
         args.append(self.offset_placeholder)
         binary = Packet.data_is_binary(args)
@@ -188,7 +190,9 @@ class RecoveryManager(QueueManager):
         if not 0 < len(pid) <= MAX_ID_LENGTH or not 0 < len(offset) <= MAX_ID_LENGTH:
             return None
         try:
-            restore, why_not = self.store.prepare(pid, offset, namespace, self.server.eio.create_event, self.server.sleep)
+            restore, why_not = self.store.prepare(
+                pid, offset, namespace, self.server.eio.create_event, self.server.sleep
+            )
         except Exception as exc:  # noqa: BLE001 - Redis away: a new session
             restore, why_not = None, describe(exc)
         if restore is not None and self.eio_sid_from_sid(restore.sid, namespace) is not None:
@@ -198,7 +202,7 @@ class RecoveryManager(QueueManager):
         return restore
 
     def pre_connect_restored(self, eio_sid, namespace, restore):
-        """pre_connect() with the restored socket id; its deliveries held back until the replay."""
+        """pre_connect() with the restored socket id and session; its deliveries held back until the replay."""
         sid = restore.sid
         self.gated.add((namespace, sid))
         try:
@@ -208,20 +212,20 @@ class RecoveryManager(QueueManager):
             return None
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)
+        environ = self.server.environ.get(eio_sid)
+        if environ is not None and restore.data and "saved_session" not in environ:
+            from flask_socketio import _ManagedSession  # the session Flask-SocketIO gives handlers, as it keeps it
+
+            environ["saved_session"] = _ManagedSession(restore.data)  # before the connect handler sees it
         return sid
 
     def finish_restore(self, eio_sid, restore):
-        """After the connect handler accepted: rooms and session back, the record claimed and the replay done.
+        """After the connect handler accepted: rooms back, the record claimed and the replay done.
         False if another connection claimed the session first."""
         sid, namespace = restore.sid, restore.namespace
         for room in restore.rooms:
             if room != sid:
                 self.basic_enter_room(sid, namespace, room)
-        environ = self.server.environ.get(eio_sid)
-        if environ is not None and restore.data:
-            from flask_socketio import _ManagedSession
-
-            environ["saved_session"] = _ManagedSession(restore.data)
         restore.token = secrets.token_hex(16)
         marker = {
             "method": "emit",
@@ -307,7 +311,9 @@ def handle_connect(self, eio_sid, namespace, data):
         if sid is None:
             sid = manager.pre_connect(eio_sid, namespace)
     if sid is None:
-        self._send_packet(eio_sid, self.packet_class(packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace))
+        self._send_packet(
+            eio_sid, self.packet_class(packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace)
+        )
         return
 
     if self.always_connect:

@@ -5,12 +5,14 @@ these scenarios small and asserts on them; this script runs them and writes the 
     .venv/bin/python scripts/measure_recovery.py              # bench/results/recovery/latest.json
     .venv/bin/python scripts/measure_recovery.py --no-write   # print only
 
-One scenario: a sender says numbered messages to a room at `rate` per second; members (tests/node/
+Two parts. The faults: a sender says numbered messages to a room at `rate` per second; members (tests/node/
 recovery-member.mjs) record what they get; then a fault hits the members of one instance (not the sender's):
 `kill` (kill -9), `restart` (a graceful restart: drain, then the instance closes its sockets), `cut` (HAProxy
 cuts that instance's sessions and refuses new ones for `cut_s` seconds, the instance stays up). Per member:
 messages lost, duplicated, out of order, whether its reconnect was a recovery with the same id, and the time
-from the fault to the last message it missed (received through the replay).
+from the fault to the last message it missed (received through the replay). The footprint: Redis's memory and
+CPU with 1,000 idle WebSocket clients (session records, heartbeats), and its memory per packet kept for replay,
+with recovery on and off.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import socketio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure_faults import stack_env  # noqa: E402
-from native_stack import ROOT, Stack, free_port, haproxy_command, wait_for  # noqa: E402
+from native_stack import ROOT, Stack, free_port, haproxy_command  # noqa: E402
 from rolling_restart import restart_instance  # noqa: E402
 
 MEMBER_SCRIPT = ROOT / "tests" / "node" / "recovery-member.mjs"
+ECHOERS_SCRIPT = ROOT / "tests" / "node" / "sio-echoers.mjs"
 RESULTS = ROOT / "bench" / "results" / "recovery"
 
 
@@ -135,7 +138,7 @@ def analyse(member, sent, fault_at, fault_victim):
     seen = set()
     duplicates = sum(1 for number in got if number in seen or seen.add(number))
     in_order = [position[number] for number in got if number in position]
-    out_of_order = sum(1 for a, b in zip(in_order, in_order[1:]) if b <= a)
+    out_of_order = sum(1 for a, b in zip(in_order, in_order[1:], strict=False) if b <= a)
     connects = member["connects"]
     affected = connects and connects[0]["instance"] == fault_victim
     row = {
@@ -216,6 +219,72 @@ def scenario(stack, fault="kill", members=6, rate=50, before_s=3.0, after_s=6.0,
     return result
 
 
+def redis_info(url):
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return client.info("memory")["used_memory"], client.dbsize(), client
+    except Exception:
+        client.close()
+        raise
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def footprint(stack, clients=1000, idle_s=20.0, packets=200):
+    """Redis with `clients` idle WebSocket clients: memory and CPU; then its memory per packet kept for replay."""
+    state = stack.load()
+    url = state["redis"]["url"]
+    base_memory, _, probe = redis_info(url)
+    options = {
+        "url": stack.status()["url"],
+        "clients": clients,
+        "durationMs": int((idle_s + 40) * 1000),
+        "echoEveryMs": 3_600_000,  # one echo each, then idle
+        "transports": ["websocket"],
+        "rampMs": 5000,
+    }
+    crowd = subprocess.Popen(
+        ["node", str(ECHOERS_SCRIPT), json.dumps(options)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        connected = json.loads(crowd.stdout.readline() or "{}").get("connected", 0)
+        time.sleep(3)  # every first echo answered, records written
+        used, keys, _ = redis_info(url)
+        cpu_before = cpu_seconds(state["redis"]["pid"])
+        time.sleep(idle_s)
+        idle_cpu_pct = 100 * (cpu_seconds(state["redis"]["pid"]) - cpu_before) / idle_s
+        stream = f"{stack.env.get('SOCKETIO_CHANNEL', 'flask-socketio')}:recovery:stream"
+        sender = socketio.Client(reconnection=False)
+        sender.connect(options["url"], transports=["websocket"], wait_timeout=10)
+        text = "x" * 100
+        for number in range(packets):
+            sender.call("broadcast", {"n": number, "text": text}, timeout=10)
+        sender.disconnect()
+        length = probe.xlen(stream) if probe.exists(stream) else 0
+        stream_bytes = probe.memory_usage(stream, samples=0) if length else 0
+    finally:
+        crowd.kill()
+        crowd.wait()
+        probe.close()
+    return {
+        "clients": clients,
+        "connected": connected,
+        "redis_keys": keys,
+        "redis_memory_mb_per_1000_clients": round((used - base_memory) / 1e6 * 1000 / max(connected, 1), 3),
+        "redis_idle_cpu_pct_per_1000_clients": round(idle_cpu_pct * 1000 / max(connected, 1), 3),
+        "packets_kept": length,
+        "redis_bytes_per_packet_kept": round(stream_bytes / length) if length else None,
+        "packet_payload_bytes": len(json.dumps({"n": 0, "text": text})),
+    }
+
+
 def make_stack(replicas, **env):
     stack = Stack(
         state_dir=tempfile.mkdtemp(prefix="recovery-"),
@@ -229,11 +298,20 @@ def make_stack(replicas, **env):
 
 def run(args):
     results = {}
+    for recovery in ("true", "false") if args.clients else ():
+        stack = make_stack(2, CONNECTION_STATE_RECOVERY=recovery, EVENT_RATE=0)
+        try:
+            key = f"footprint/recovery={recovery}"
+            results[key] = footprint(stack, clients=args.clients)
+            print(key, json.dumps(results[key]), flush=True)
+        finally:
+            stack.down()
     for recovery in ("true", "false"):
-        for fault in args.faults.split(","):
-            stack = make_stack(3, CONNECTION_STATE_RECOVERY=recovery, EVENT_RATE=0, DRAIN_SECONDS=1, CLOSE_SPREAD_SECONDS=1)
+        for fault in [name for name in args.faults.split(",") if name]:
+            stack = make_stack(
+                3, CONNECTION_STATE_RECOVERY=recovery, EVENT_RATE=0, DRAIN_SECONDS=1, CLOSE_SPREAD_SECONDS=1
+            )
             try:
-                wait_for(lambda: all(stack.app_ready(a) for a in stack.load()["apps"]), 30, "instances")
                 key = f"{fault}/recovery={recovery}"
                 results[key] = scenario(stack, fault, members=args.members, rate=args.rate, cut_s=args.cut_s)
                 print(key, json.dumps({k: v for k, v in results[key].items() if k != "members"}), flush=True)
@@ -248,6 +326,7 @@ def main(argv=None):
     parser.add_argument("--members", type=int, default=6)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--cut-s", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=1000, help="footprint: idle clients (0: no footprint)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     results = run(args)

@@ -1,7 +1,10 @@
 """Writes the measured figures of the README and docs/ from the scripts' own result files, so no figure is typed
 by hand:
 
-- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py);
+- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py), and the
+  connection state recovery figures, from bench/results/recovery/ (scripts/measure_recovery.py) and
+  bench/results/recovery-ab/ (bench/run, recovery on against off); docs/configuration.md and README.md: a
+  line of those;
 - docs/performance.md: the goals, the before/after table and the benchmark tables, from bench/results/*.json
   (measured by bench/run); docs/scaling.md: the capacity table; README.md: the headline figures.
 
@@ -462,10 +465,125 @@ def after_pruning():
     return "\n".join(lines)
 
 
+RECOVERY_FAULTS = "recovery/latest.json"  # scripts/measure_recovery.py
+RECOVERY_AB = "recovery-ab/latest.json"  # bench/run --systems template,template+CONNECTION_STATE_RECOVERY=true
+RECOVERY_ON = "template+CONNECTION_STATE_RECOVERY=true"
+
+
+def recovery_cost(scenario, key):
+    """Recovery on ÷ off on one benchmark row: the median's ratio and each run's own."""
+    doc = load(RECOVERY_AB)
+    median_ratio = ratio(median(doc, scenario, RECOVERY_ON, key), median(doc, scenario, "template", key))
+    runs = [1 / value for value in run_ratios(doc, scenario, key, RECOVERY_ON) if value]
+    return median_ratio, runs
+
+
+def fmt_cost(scenario, key):
+    value, runs = recovery_cost(scenario, key)
+    return f"{fmt_ratio(value)} ({'/'.join(f'{r:.2f}' for r in runs)})"
+
+
+def fault_row(result):
+    affected = [m for m in result["members"] if m["affected"]]
+    recovered = sum(1 for m in affected if m["recovered"] == [True] and m["same_id"])
+    return affected, recovered
+
+
+def recovery_table():
+    """docs/operations.md, "Connection state recovery": what it costs and what it buys, on and off."""
+    faults, ab = load(RECOVERY_FAULTS), load(RECOVERY_AB)
+    results, meta = faults["results"], faults["meta"]
+    lines = [
+        f"**What it buys** (`scripts/measure_recovery.py`, {meta['date']}, {meta['machine']}): {meta['members']} "
+        f"Node `socket.io-client` members of a room, a sender saying {meta['rate']:g} numbered messages per "
+        "second to it, 3 instances; the fault hits the instance with most members (not the sender's).",
+        "",
+        "| fault | recovery | members hit | recovered, same id | messages lost | duplicates | out of order |"
+        " fault to the last missed message received |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "kill": "`kill -9` of an instance",
+        "restart": "graceful restart of an instance",
+        "cut": "the instance's clients cut for 10 s by HAProxy (instance up)",
+    }
+    for fault, label in names.items():
+        for recovery in ("true", "false"):
+            result = results.get(f"{fault}/recovery={recovery}")
+            if not result:
+                continue
+            affected, recovered = fault_row(result)
+            late = result["fault_to_last_missed_ms_max"]
+            lines.append(
+                f"| {label} | {'on' if recovery == 'true' else 'off'} | {len(affected)} | {recovered} | "
+                f"{result['lost_total']} of {result['sent'] * len(result['members'])} | {result['duplicates_total']} | "
+                f"{sum(m['out_of_order'] for m in result['members'])} | "
+                f"{'–' if late is None or recovery == 'false' else f'{late / 1000:.1f} s'} |"
+            )
+    on, off = results.get("footprint/recovery=true"), results.get("footprint/recovery=false")
+    lines += [
+        "",
+        f"**What it costs.** `bench/run` ({ab['machine']['date'][:10]}, {ab['sizes']['runs']} interleaved runs, "
+        "2 instances): recovery on ÷ off, median (each run).",
+        "",
+        "| row | on ÷ off |",
+        "|---|---|",
+        f"| WebSocket echo: echoes/s (acks: nothing stored) | {fmt_cost('echo_ws', 'echo_per_s')} |",
+        f"| WebSocket echo: app CPU per 1,000 echoes | {fmt_cost('echo_ws', 'app_cpu_ms_per_1000')} |",
+        f"| broadcast: app CPU per 1,000 deliveries | {fmt_cost('broadcast', 'app_cpu_ms_per_1000')} |",
+        f"| broadcast: p99 latency | {fmt_cost('broadcast', 'latency.p99_ms')} |",
+        f"| broadcast: delivered | {fmt_cost('broadcast', 'delivered_fraction')} |",
+    ]
+    redis_on = median(ab, "broadcast", RECOVERY_ON, "server.redis.cpu_pct_of_core")
+    redis_off = median(ab, "broadcast", "template", "server.redis.cpu_pct_of_core")
+    asked = ab["sizes"].get("broadcast_senders", 2) * ab["sizes"].get("broadcast_rate", 10)
+    lines.append(
+        f"| broadcast: Redis CPU ({asked:g} broadcasts/s to 1,000 clients) | {redis_on:.1f}% of a core on, "
+        f"{redis_off:.1f}% off |"
+    )
+    if on and off:
+        lines += [
+            f"| Redis memory per 1,000 idle WebSocket clients | {on['redis_memory_mb_per_1000_clients']:.2f} MB on, "
+            f"{off['redis_memory_mb_per_1000_clients']:.2f} MB off |",
+            f"| Redis CPU per 1,000 idle WebSocket clients (heartbeats, record refreshes) | "
+            f"{on['redis_idle_cpu_pct_per_1000_clients']:.2f}% of a core on, "
+            f"{off['redis_idle_cpu_pct_per_1000_clients']:.2f}% off |",
+            f"| Redis memory per packet kept for replay ({on['packet_payload_bytes']}-byte payload) | "
+            f"{on['redis_bytes_per_packet_kept']} bytes; at most 10,000 packets, none older than the window |",
+        ]
+    return "\n".join(lines)
+
+
+def recovery_line():
+    """README's faults paragraph: one line of the figures above."""
+    results = load(RECOVERY_FAULTS)["results"]
+    kill_on, kill_off = results["kill/recovery=true"], results["kill/recovery=false"]
+    affected, recovered = fault_row(kill_on)
+    rate = load(RECOVERY_FAULTS)["meta"]["rate"]
+    return (
+        f"With `CONNECTION_STATE_RECOVERY=true` (off by default) a `kill -9` under {rate:g} room messages/s"
+        f" cost its {len(affected)} clients {kill_on['lost_total']} messages and "
+        f"{kill_on['duplicates_total']} duplicates ({recovered} of {len(affected)} back with the same id and rooms, "
+        f"the last missed message in by {kill_on['fault_to_last_missed_ms_max'] / 1000:.1f} s); without it "
+        f"{kill_off['lost_total']} messages were lost."
+    )
+
+
+def recovery_setting():
+    """docs/configuration.md, CONNECTION_STATE_RECOVERY's row: the cost in one phrase."""
+    return (
+        f"broadcast app CPU per delivery {fmt_cost('broadcast', 'app_cpu_ms_per_1000')}, "
+        f"WebSocket echo {fmt_cost('echo_ws', 'app_cpu_ms_per_1000')} (on ÷ off)"
+    )
+
+
+INLINE = {"recovery-setting"}  # sections inside a line (a table cell): no line breaks around them
+
+
 # Which generated sections each file holds, between <!-- figures:NAME (scripts/readme_figures.py) --> and
 # <!-- /figures:NAME -->.
 TARGETS = {
-    "README.md": {"headline": headline},
+    "README.md": {"headline": headline, "recovery": recovery_line},
     "docs/performance.md": {
         "goals": goals_table,
         "tuning": tuning_table,
@@ -473,7 +591,8 @@ TARGETS = {
         "after-pruning": after_pruning,
     },
     "docs/scaling.md": {"capacity": capacity_note},
-    "docs/operations.md": {"faults": fault_table},
+    "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
+    "docs/configuration.md": {"recovery-setting": recovery_setting},
     "patches/README.md": {"speedups": speedups_tables},
 }
 
@@ -485,7 +604,8 @@ def render(text, sections, path):
             raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
         head, rest = text.split(begin, 1)
         tail = rest.split(end, 1)[1]
-        text = f"{head}{begin}\n{make()}\n{end}{tail}"
+        around = "" if name in INLINE else "\n"
+        text = f"{head}{begin}{around}{make()}{around}{end}{tail}"
     return text
 
 

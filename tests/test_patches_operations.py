@@ -1,8 +1,8 @@
 """The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers,
-queue_manager, connection_recovery) stay off with a library version they were not verified against: one log line names the patch
-and the version found, every target in REPLACES keeps the library's own value, and the app still serves. Each
-case runs in a fresh process, since these replacements are process-wide; a positive control shows that, pins
-matching, the targets hold the patches' values."""
+queue_manager, connection_recovery) stay off with a library version they were not verified against: one log
+line names the patch and the version found, every target in REPLACES keeps the library's own value, and the
+app still serves. Each case runs in a fresh process, since these replacements are process-wide; a positive
+control shows that, pins matching, the targets hold the patches' values."""
 
 import json
 import os

@@ -211,5 +211,5 @@ def test_cut_sessions_keeps_other_connections(own_stack, clients):
     victim = where[0]
     cut_sessions(stack.load(), victim, 2)
     time.sleep(0.5)
-    for recorder, instance in zip(recorders, where):
+    for recorder, instance in zip(recorders, where, strict=True):
         assert (recorder.disconnects > 0) == (instance == victim), (instance, victim)
