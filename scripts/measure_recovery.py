@@ -255,6 +255,8 @@ def footprint(stack, clients=1000, idle_s=20.0, packets=200):
     )
     try:
         connected = json.loads(crowd.stdout.readline() or "{}").get("connected", 0)
+        if connected != clients:
+            raise RuntimeError(f"only {connected} of {clients} clients connected")
         time.sleep(3)  # every first echo answered, records written
         used, keys, _ = redis_info(url)
         cpu_before = cpu_seconds(state["redis"]["pid"])
@@ -299,7 +301,14 @@ def make_stack(replicas, **env):
 def run(args):
     results = {}
     for recovery in ("true", "false") if args.clients else ():
-        stack = make_stack(2, CONNECTION_STATE_RECOVERY=recovery, EVENT_RATE=0)
+        # every client comes from 127.0.0.1: HAProxy's per-address limits raised, as bench/run does
+        stack = make_stack(
+            2,
+            CONNECTION_STATE_RECOVERY=recovery,
+            EVENT_RATE=0,
+            HAPROXY_PER_IP_SESSION_RATE=1_000_000,
+            HAPROXY_PER_IP_CONN_CUR=1_000_000,
+        )
         try:
             key = f"footprint/recovery={recovery}"
             results[key] = footprint(stack, clients=args.clients)
@@ -329,6 +338,7 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=1000, help="footprint: idle clients (0: no footprint)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stop still runs the stacks' down()
     results = run(args)
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     doc = {

@@ -180,17 +180,26 @@ def test_forged_pid_and_foreign_offset_restore_nothing_and_leak_nothing(own_stac
 
 
 def test_python_socketio_client_gets_the_offset_as_an_extra_argument(own_stack, clients):
-    """python-socketio's client does not implement recovery: documented, and shown here."""
-    url = own_stack(replicas=1, **RECOVERY).status()["url"]
+    """python-socketio's client does not implement recovery: documented, and shown here. Emits of the
+    `flask emit` command (application/emit_cli.py) go through the recovery stream too."""
+    from application.emit_cli import emit_event
+
+    stack = own_stack(replicas=1, **RECOVERY)
+    url = stack.status()["url"]
     listener = clients(url, transports=["websocket"])
     got = []
     listener.client.on("message", lambda *args: got.append(args))
+    listener.client.on("announcement", lambda *args: got.append(args))
     assert listener.call("join", {"room": "py"})["ok"]
     assert listener.call("say", {"room": "py", "message": "m"})["ok"]
+    emit_event(stack.status()["redis"]["url"], "flask-socketio", "announcement", {"text": "a"}, recovery_window=120)
     deadline = time.monotonic() + 10
-    while not got and time.monotonic() < deadline:
+    while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert got and len(got[0]) == 2 and got[0][0]["message"] == "m" and isinstance(got[0][1], str)
+    assert len(got) == 2, got
+    (message, offset), (announcement, later) = got
+    assert message["message"] == "m" and announcement == {"text": "a"}
+    assert isinstance(offset, str) and isinstance(later, str) and offset != later
 
 
 def test_settings_are_checked():
