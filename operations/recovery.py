@@ -16,7 +16,8 @@ What is kept in Redis (keys under `<SOCKETIO_CHANNEL>:recovery:`):
   instance that holds it), written at connect and on each room change, refreshed while connected, marked
   disconnected on a cut (not on a client's own disconnect). The pid is a random secret sent to that client only.
 - `instance:<host id>`: each instance's last heartbeat, so that a record left by a killed instance counts as
-  disconnected since then.
+  disconnected since then. Its Redis connections carry the same name (CLIENT SETNAME): when they are all gone
+  (the kernel closes a killed process's sockets at once) it is dead without waiting for the heartbeat to age.
 
 A CONNECT with {pid, offset} restores the session when the record exists, is in the window, is for this
 namespace, and the entry at `offset` is one that socket received (an offset of another session, an unknown or
@@ -65,6 +66,11 @@ local missed = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+')
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return missed
 """
+
+
+def connection_name(channel, host_id):
+    """The name of an instance's recovery connections to Redis (CLIENT SETNAME takes no spaces)."""
+    return f"{channel}:recovery:{host_id}".replace(" ", "-")
 
 
 def text(value):
@@ -125,6 +131,14 @@ class SessionStore:
     def instance_key(self, host_id):
         return f"{self.prefix}:instance:{host_id}"
 
+    def has_connections(self, host_id):
+        """Whether Redis has a connection of that instance; True if Redis will not say (CLIENT LIST refused)."""
+        name = connection_name(self.channel, host_id)
+        try:
+            return any(client.get("name") == name for client in self.client.client_list())
+        except Exception:  # noqa: BLE001 - e.g. CLIENT LIST not allowed by an ACL: the heartbeat decides alone
+            return True
+
     # --- packets --------------------------------------------------------------------------------------
     def append(self, message, placeholder):
         """Adds an emit to the stream and publishes it with its offset in place of `placeholder`."""
@@ -174,7 +188,7 @@ class SessionStore:
             seen = self.client.get(self.instance_key(record.get("owner")))
             if seen is None:
                 return None, "its instance is gone since longer than the window"
-            if time.time() - int(seen) / 1000 > DEAD_AFTER_SECONDS:
+            if time.time() - int(seen) / 1000 > DEAD_AFTER_SECONDS or not self.has_connections(record.get("owner")):
                 disconnected_at = int(seen) / 1000
                 break
             if time.monotonic() > deadline:

@@ -28,6 +28,7 @@ from operations.recovery import (
     REPLAY_WAIT_SECONDS,
     STREAM_ORIGIN,
     SessionStore,
+    connection_name,
     log,
 )
 from patches.queue_manager import QueueManager
@@ -43,7 +44,10 @@ class RecoveryManager(QueueManager):
 
     def __init__(self, url, channel="flask-socketio", display_url=None, window=120.0, **kwargs):
         super().__init__(url, channel=channel, display_url=display_url, **kwargs)
-        self.store = SessionStore(redis_client(url, socket_timeout=SOCKET_TIMEOUT), channel, window, self.host_id)
+        store_client = redis_client(
+            url, socket_timeout=SOCKET_TIMEOUT, client_name=connection_name(channel, self.host_id)
+        )
+        self.store = SessionStore(store_client, channel, window, self.host_id)
         # alphanumeric (a Lua pattern without magic characters), random: no payload carries it by chance
         self.offset_placeholder = "RECOVERYOFFSET" + secrets.token_hex(16)
         self.pids = {}  # (namespace, sid) -> pid of this instance's connected sockets

@@ -237,7 +237,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def footprint(stack, clients=1000, idle_s=20.0, packets=200):
+def footprint(stack, clients=1000, idle_s=35.0, packets=200):
     """Redis with `clients` idle WebSocket clients: memory and CPU; then its memory per packet kept for replay."""
     state = stack.load()
     url = state["redis"]["url"]
