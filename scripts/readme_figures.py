@@ -585,8 +585,9 @@ def recovery_line():
         f"With `CONNECTION_STATE_RECOVERY=true` (off by default) a `kill -9` under {rate:g} room messages/s"
         f" cost its {len(affected)} clients {kill_on['lost_total']} messages and "
         f"{kill_on['duplicates_total']} duplicates ({recovered} of {len(affected)} back with the same id and rooms, "
-        f"the last missed message in by {kill_on['fault_to_last_missed_ms_max'] / 1000:.1f} s); without it "
-        f"{kill_off['lost_total']} messages were lost."
+        f"the last missed message in by {kill_on['fault_to_last_missed_ms_max'] / 1000:.1f} s); without it the "
+        f"same kill lost {kill_off['lost_total']} "
+        "([connection state recovery](docs/operations.md#connection-state-recovery))."
     )
 
 
