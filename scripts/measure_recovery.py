@@ -165,6 +165,8 @@ def analyse(member, sent, fault_at, fault_victim):
             arrived = member["receivedAt"][got.index(expected[missed[-1]])]
             row["fault_to_last_missed_ms"] = round(arrived - fault_at)
         row["fault_to_reconnect_ms"] = round(back_at - fault_at)
+        # sent once it was back: they reach it only if it is in the room again
+        row["received_sent_after_back"] = len({number for number, at in sent if at > back_at} & set(got))
     return row
 
 

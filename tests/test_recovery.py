@@ -32,8 +32,9 @@ def assert_everyone_got_everything_once_in_order(result):
         assert member["with_offset"] == member["received"], member  # every room message carried its offset
         assert member["same_id"], member
         if member["affected"]:
-            # back once, recovered, and the room's messages after the recovery reached it (the list goes on)
+            # back once, recovered, and the room's messages after the recovery reached it: still in the room
             assert member["recovered"] == [True], member
+            assert member["received_sent_after_back"] > 50, member
         else:
             assert member["connects"] == 1, member
 
@@ -239,3 +240,43 @@ def test_redis_outage_with_recovery_keeps_instances_serving_and_delivery_resumes
     assert result["resumed_after_s"] is not None and result["resumed_after_s"] < 10
     assert result["instances_alive"]
     assert result["tracebacks_logged"] == 0
+
+
+# --- unit checks of the pieces the end-to-end tests above rely on ---------------------------------------
+def test_addressed_to_follows_rooms_namespace_and_skip_sid():
+    from operations.recovery import addressed_to
+
+    rooms = ["S1", "lobby"]
+    assert addressed_to({"namespace": "/", "room": None}, "/", "S1", rooms)  # a broadcast
+    assert addressed_to({"namespace": "/", "room": "lobby"}, "/", "S1", rooms)
+    assert addressed_to({"namespace": "/", "room": "S1"}, "/", "S1", rooms)  # to the socket itself
+    assert addressed_to({"namespace": "/", "room": ["x", "lobby"]}, "/", "S1", rooms)
+    assert not addressed_to({"namespace": "/", "room": "other"}, "/", "S1", rooms)
+    assert not addressed_to({"namespace": "/demo", "room": None}, "/", "S1", rooms)
+    assert not addressed_to({"namespace": "/", "room": "lobby", "skip_sid": "S1"}, "/", "S1", rooms)
+    assert not addressed_to({"namespace": "/", "room": None, "skip_sid": ["S0", "S1"]}, "/", "S1", rooms)
+
+
+def test_a_restored_socket_gets_its_session_and_nothing_live_before_its_replay():
+    import threading
+
+    from flask_socketio import _ManagedSession
+
+    from operations.recovery import Restore
+    from patches.connection_recovery import RecoveryManager
+
+    class Server:  # what the manager uses of python-socketio's Server here
+        environ = {"E1": {}}
+
+    manager = RecoveryManager("redis://127.0.0.1:9/0", window=120)  # makes no connection until used
+    manager.server = Server()
+    record = {"sid": "S1", "ns": "/", "rooms": ["S1", "lobby"], "data": {"user": "ann"}}
+    restore = Restore("pid", "1-0", json.dumps(record), record, threading.Event)
+    assert manager.pre_connect_restored("E1", "/", restore) == "S1"
+    assert manager.eio_sid_from_sid("S1", "/") == "E1"  # the old id, on the new connection
+    session = Server.environ["E1"]["saved_session"]
+    assert isinstance(session, _ManagedSession) and dict(session) == {"user": "ann"}
+    assert manager._session_data("S1", "/") == {"user": "ann"}
+    assert list(manager.get_participants("/", None)) == []  # held back until its replay
+    manager.gated.clear()
+    assert list(manager.get_participants("/", None)) == [("S1", "E1")]
