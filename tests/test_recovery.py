@@ -163,10 +163,13 @@ def test_forged_pid_and_foreign_offset_restore_nothing_and_leak_nothing(own_stac
         "pid of the wrong type": {"pid": {"$ne": None}, "offset": own_offset},
         "huge pid": {"pid": "x" * 100_000, "offset": own_offset},
         "malformed offset": {"pid": pid, "offset": "not-an-offset"},
+        # the victim is still connected: its session is not taken over (the attempt waits, then is a new one)
+        "a connected session's pid and offset": {"pid": victim.connect["pid"], "offset": foreign_offset},
     }
     for what, auth in attempts.items():
         attempt = RawClient(url, auth)
-        assert attempt.connect["sid"] != sid and attempt.connect["pid"] != pid, what
+        assert attempt.connect["sid"] not in (sid, victim.connect["sid"]), what
+        assert attempt.connect["pid"] not in (pid, victim.connect["pid"]), what
         assert attempt.messages() == [], what  # no replay: nothing of the victim's room, nothing of the user's
         attempt.cut()
 
@@ -176,7 +179,9 @@ def test_forged_pid_and_foreign_offset_restore_nothing_and_leak_nothing(own_stac
     assert back.messages() == ["hello-2"]  # the public message it missed, once; nothing of "private"
     assert sender.client.call("say", {"room": "public", "message": "hello-3"}, timeout=10)["ok"]
     back.wait_message("hello-3")  # still in its room
-    assert victim.messages() == ["secret-1", "secret-2"]
+    assert sender.client.call("say", {"room": "private", "message": "secret-3"}, timeout=10)["ok"]
+    victim.wait_message("secret-3")  # the attempt on its session left it alone
+    assert victim.messages() == ["secret-1", "secret-2", "secret-3"]
     sender.client.disconnect()
 
 
