@@ -6,8 +6,8 @@ as an extra last argument of each event, and a new session after a cut).
 
 What is kept in Redis (keys under `<SOCKETIO_CHANNEL>:recovery:`):
 
-- `stream`: every emit to a room or to everyone (not those that ask for an ack, which cannot be replayed on
-  another instance), as a Redis Stream entry. Its id is the packet's offset: the server appends it as the last
+- `stream`: every emit to one socket, a room or everyone (not those that ask for an ack, which cannot be
+  answered from another instance), as a Redis Stream entry. Its id is the packet's offset: the server appends it as the last
   argument of the event, and the client sends the last one it got back when it reconnects. Bounded by
   STREAM_MAXLEN entries and by the window's age (approximate trims, like Node's redis-streams adapter).
   One Lua script adds the entry and publishes it on the queue's channel, so every instance delivers packets in
