@@ -7,9 +7,10 @@ as an extra last argument of each event, and a new session after a cut).
 What is kept in Redis (keys under `<SOCKETIO_CHANNEL>:recovery:`):
 
 - `stream`: every emit to one socket, a room or everyone (not those that ask for an ack, which cannot be
-  answered from another instance), as a Redis Stream entry. Its id is the packet's offset: the server appends it as the last
-  argument of the event, and the client sends the last one it got back when it reconnects. Bounded by
-  STREAM_MAXLEN entries and by the window's age (approximate trims, like Node's redis-streams adapter).
+  answered from another instance), as a Redis Stream entry. Its id is the packet's offset: the server appends
+  it as the last argument of the event, and the client sends the last one it got back when it reconnects.
+  Bounded by STREAM_MAXLEN entries and by the window's age (approximate trims, like Node's redis-streams
+  adapter).
   One Lua script adds the entry and publishes it on the queue's channel, so every instance delivers packets in
   the stream's order, its own clients' included (they get them through Redis too, not first).
 - `session:<pid>`: one record per socket (its id, namespace, rooms, the Flask session of its handlers, the

@@ -329,3 +329,14 @@ def test_replay_sends_the_missed_packets_in_order_with_their_offsets_binary_incl
     assert frames[3] == Packet(sio_packet.EVENT, data=["message", "4-0"]).encode()
     manager._handle_emit({"method": "emit", "recovery_marker": "t"})  # a marker seen twice replays once
     assert len(sent) == 4
+
+
+def test_loadtest_counts_every_broadcast_with_recovery_on(own_stack):
+    """scripts/loadtest.py's python-socketio clients take the offset argument: nothing is counted lost."""
+    from test_loadtest import run_loadtest
+
+    url = own_stack(**RECOVERY).status()["url"]
+    code, summary = run_loadtest(url, "--scenario", "broadcast", "--senders", "2", "--rate", "2", clients=12)
+    assert code == 0 and summary["errors"] == {}, summary
+    broadcast = summary["broadcast"]
+    assert broadcast["sent"] > 0 and broadcast["delivered"] == broadcast["expected"] == broadcast["sent"] * 12
