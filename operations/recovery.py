@@ -45,6 +45,7 @@ DEAD_AFTER_SECONDS = 2.0  # an instance silent this long is gone: the sessions i
 REPLAY_WAIT_SECONDS = 5.0  # longest wait for this instance's listener to reach a restore's marker
 MAX_ID_LENGTH = 64  # pid and offset from the client: longer ones are not looked up
 STREAM_ORIGIN = "recovery-stream"  # host_id of packets from the stream: every instance delivers them, its own too
+RECOVERED_KEY = "realtime.recovered_namespaces"  # in a connection's environ: the namespaces it was restored in
 
 # KEYS: stream; ARGV: message with the placeholder, placeholder, maxlen, max age ms, channel. Returns the offset.
 APPEND_SCRIPT = """
@@ -225,6 +226,14 @@ class SessionStore:
             if addressed_to(message, restore.namespace, restore.sid, restore.rooms):
                 restore.missed.append((text(entry_id), message))
         return True
+
+
+def recovered():
+    """Inside a Socket.IO handler (connect included): whether this socket came back by connection state recovery,
+    with its id, rooms, session and missed packets (Node's `socket.recovered`)."""
+    from flask import request
+
+    return request.namespace in request.environ.get(RECOVERED_KEY, ())
 
 
 def install(socketio, settings):

@@ -3,7 +3,8 @@
 python-socketio has no hook for the CONNECT answer (it must carry the session's `pid`, and a restored socket
 its old id) nor for its listener's dispatch (a restore's replay must run at its marker), so this module
 replaces `server._handle_connect` (its code, with the restore and the pid), wraps `server._handle_disconnect`
-(to tell a cut from a client's own disconnect) and overrides `manager._handle_emit` (the marker). The rest uses
+(to tell a cut from a client's own disconnect) and overrides `manager._handle_emit` (the marker) and
+`manager._subscribe` (the first emit waits for the subscription that delivers it back). The rest uses
 the manager's public methods: `emit` (emits go through the stream), `get_participants` (a restoring socket gets
 nothing live until its replay), `basic_enter_room` / `basic_leave_room` / `disconnect` (the session record).
 
@@ -25,6 +26,7 @@ from operations.message_queue import SOCKET_TIMEOUT, describe, redis_client
 from operations.recovery import (
     HEARTBEAT_SECONDS,
     MAX_ID_LENGTH,
+    RECOVERED_KEY,
     REPLAY_WAIT_SECONDS,
     STREAM_ORIGIN,
     SessionStore,
@@ -34,7 +36,7 @@ from operations.recovery import (
 from patches.queue_manager import QueueManager
 
 VERIFIED = {"python-socketio": ("5.18.1",)}
-REPLACES = ["server._handle_connect", "server._handle_disconnect", "manager._handle_emit"]
+REPLACES = ["server._handle_connect", "server._handle_disconnect", "manager._handle_emit", "manager._subscribe"]
 SERVES = "connection state recovery: same id, rooms and missed packets after a cut (operations/recovery.py)"
 PROVEN_BY = "tests/test_recovery.py"
 
@@ -56,9 +58,17 @@ class RecoveryManager(QueueManager):
         self.pending = {}  # marker token -> Restore
 
     def initialize(self):
+        self.subscribed = self.server.eio.create_event()
         super().initialize()
         if not self.write_only:
             self.server.start_background_task(self._heartbeat_loop)
+            # this instance's clients get every emit back through the subscription: none before it is there
+            if not self.subscribed.wait(timeout=SOCKET_TIMEOUT):
+                log.warning("recovery: not subscribed to the queue within %.0fs; emits wait for it", SOCKET_TIMEOUT)
+
+    def _subscribe(self):
+        super()._subscribe()
+        self.subscribed.set()
 
     # --- emits: through the stream ------------------------------------------------------------------
     def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
@@ -217,6 +227,8 @@ class RecoveryManager(QueueManager):
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)
         environ = self.server.environ.get(eio_sid)
+        if environ is not None:
+            environ.setdefault(RECOVERED_KEY, set()).add(namespace)  # what operations.recovery.recovered() reads
         if environ is not None and restore.data and "saved_session" not in environ:
             from flask_socketio import _ManagedSession  # the session Flask-SocketIO gives handlers, as it keeps it
 
@@ -345,6 +357,7 @@ def handle_connect(self, eio_sid, namespace, data):
     if success is False:
         if restore is not None:  # recovery: the session stays in Redis, for a connection that is accepted
             manager.gated.discard((namespace, sid))
+            self.environ[eio_sid].get(RECOVERED_KEY, set()).discard(namespace)
         if self.always_connect:
             manager.pre_disconnect(sid, namespace)
             self._send_packet(eio_sid, self.packet_class(packet.DISCONNECT, data=fail_reason, namespace=namespace))
@@ -354,6 +367,7 @@ def handle_connect(self, eio_sid, namespace, data):
     elif not self.always_connect:
         if restore is not None and not manager.finish_restore(eio_sid, restore):  # recovery
             # claimed by another connection meanwhile: this one closes, and its client's next try is a new session
+            self.environ[eio_sid].get(RECOVERED_KEY, set()).discard(namespace)
             manager.disconnect(sid, namespace, ignore_queue=True)
             self.eio.disconnect(eio_sid)
             return

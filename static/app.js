@@ -117,7 +117,7 @@
     $("user").textContent = info.user;
     document.body.dataset.sid = info.sid;
     showTransport(info.transport);
-    addLog(`connected to ${info.instance} over ${info.transport} as ${info.user}`);
+    addLog(`connected to ${info.instance} over ${info.transport} as ${info.user}${info.recovered ? " (session recovered)" : ""}`);
   });
   chat.on("disconnect", (reason) => {
     away = true;

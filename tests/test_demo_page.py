@@ -456,12 +456,14 @@ def test_page_recovers_after_the_kill_of_its_instance_and_marks_replayed_message
             shown = {m["text"]: m["replayed"] for m in page.messages(replayed=True)}
             assert [shown.get(f"while away {n}") for n in range(3)] == [True, True, True], shown
             assert shown["before the kill"] is False
+            assert "(session recovered)" in page.text("log")  # the server's connect handler knew it too
         else:  # control: a new session, the messages of the gap are gone
             page.joined()
             assert page.driver.execute_script("return document.body.dataset.sid") != sid
             time.sleep(1)
             shown = [m["text"] for m in page.messages()]
             assert not any(text.startswith("while away") for text in shown), shown
+            assert "(session recovered)" not in page.text("log")
         witness.say("after the recovery")
         page.wait(lambda: any(m["text"] == "after the recovery" for m in page.messages()), "a message after it")
     finally:

@@ -351,7 +351,7 @@ def test_connection_recovery_with_an_unverified_socketio_is_off_and_the_queue_is
     assert_one_line_naming_the_versions_found("connection_recovery", result)
     assert result["manager_class"] == "patches.queue_manager.QueueManager"
     assert result["installed"] is False
-    assert_library_values(result["queue_targets"])
+    assert_library_values(result["queue_targets"], patch="connection_recovery")  # queue_manager's own stay
     assert_library_values(result["targets"])
     assert_serves(result)
 

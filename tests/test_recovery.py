@@ -340,3 +340,38 @@ def test_loadtest_counts_every_broadcast_with_recovery_on(own_stack):
     assert code == 0 and summary["errors"] == {}, summary
     broadcast = summary["broadcast"]
     assert broadcast["sent"] > 0 and broadcast["delivered"] == broadcast["expected"] == broadcast["sent"] * 12
+
+
+def test_recovered_reads_the_namespaces_the_connection_was_restored_in():
+    from flask import Flask, request
+
+    from operations.recovery import RECOVERED_KEY, recovered
+
+    app = Flask("unit")
+    with app.test_request_context(environ_overrides={RECOVERED_KEY: {"/demo"}}):
+        request.namespace = "/demo"
+        assert recovered()
+        request.namespace = "/"
+        assert not recovered()
+    with app.test_request_context():
+        request.namespace = "/demo"
+        assert not recovered()  # a new session, or recovery off
+
+
+def test_first_client_of_a_fresh_instance_gets_what_its_connect_handler_emits(own_stack):
+    """With recovery an instance's own clients get emits back through its subscription, which the first
+    connection starts: the demo's welcome (emitted by the connect handler) must not go out before it exists."""
+    import socketio
+
+    url = own_stack(replicas=1, **RECOVERY).status()["url"]
+    got = []
+    client = socketio.Client(reconnection=False)
+    client.on("welcome", lambda *args: got.append(args), namespace="/demo")
+    client.connect(url, namespaces=["/demo"], transports=["polling"], auth={"user": "first"}, wait_timeout=10)
+    try:
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got and got[0][0]["user"] == "first" and got[0][0]["recovered"] is False, got
+    finally:
+        client.disconnect()
