@@ -47,13 +47,14 @@ MAX_ID_LENGTH = 64  # pid and offset from the client: longer ones are not looked
 STREAM_ORIGIN = "recovery-stream"  # host_id of packets from the stream: every instance delivers them, its own too
 RECOVERED_KEY = "realtime.recovered_namespaces"  # in a connection's environ: the namespaces it was restored in
 
-# KEYS: stream; ARGV: message with the placeholder, placeholder, maxlen, max age ms, channel. Returns the offset.
+# KEYS: stream; ARGV: message with the placeholder (twice: last argument and "offset"), placeholder, maxlen, max
+# age ms, channel. Returns the offset.
 APPEND_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'm', ARGV[1])
 local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
-redis.call('PUBLISH', ARGV[5], (string.gsub(ARGV[1], ARGV[2], id, 1)))
+redis.call('PUBLISH', ARGV[5], (string.gsub(ARGV[1], ARGV[2], id, 2)))
 return id
 """
 
@@ -73,6 +74,12 @@ return missed
 def connection_name(channel, host_id):
     """The name of an instance's recovery connections to Redis (CLIENT SETNAME takes no spaces)."""
     return f"{channel}:recovery:{host_id}".replace(" ", "-")
+
+
+def offset_key(offset):
+    """A stream id ("1700000000000-3") as a tuple that sorts like the stream."""
+    milliseconds, _, sequence = offset.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def text(value):
@@ -163,6 +170,13 @@ class SessionStore:
     def save_disconnected(self, pid, sid, namespace, rooms, data):
         record = self.record(sid, namespace, rooms, data, "disconnected", time.time())
         self.client.set(self.session_key(pid), record, px=int(self.window * 1000))
+
+    def entries_after(self, offset, count=STREAM_MAXLEN):
+        """[(offset, message)] of the stream after `offset`, oldest first."""
+        return [
+            (text(entry_id), json.loads(fields[b"m"]))
+            for entry_id, fields in self.client.xrange(self.stream, f"({offset}", "+", count=count)
+        ]
 
     def forget(self, pid):
         self.client.delete(self.session_key(pid))

@@ -4,7 +4,8 @@ python-socketio has no hook for the CONNECT answer (it must carry the session's 
 its old id) nor for its listener's dispatch (a restore's replay must run at its marker), so this module
 replaces `server._handle_connect` (its code, with the restore and the pid), wraps `server._handle_disconnect`
 (to tell a cut from a client's own disconnect) and overrides `manager._handle_emit` (the marker) and
-`manager._subscribe` (the first emit waits for the subscription that delivers it back). The rest uses
+`manager._subscribe` (the first emit waits for the subscription that delivers it back; a new subscription
+first delivers from the stream what was published while there was none). The rest uses
 the manager's public methods: `emit` (emits go through the stream), `get_participants` (a restoring socket gets
 nothing live until its replay), `basic_enter_room` / `basic_leave_room` / `disconnect` (the session record).
 
@@ -32,6 +33,7 @@ from operations.recovery import (
     SessionStore,
     connection_name,
     log,
+    offset_key,
 )
 from patches.queue_manager import QueueManager
 
@@ -56,6 +58,7 @@ class RecoveryManager(QueueManager):
         self.gated = set()  # (namespace, sid) of sockets being restored: no live packet until their replay
         self.cut = set()  # (namespace, sid) being disconnected by a cut (their session is kept)
         self.pending = {}  # marker token -> Restore
+        self.last_delivered = None  # offset of the last stream packet the listener delivered
 
     def initialize(self):
         self.subscribed = self.server.eio.create_event()
@@ -69,6 +72,18 @@ class RecoveryManager(QueueManager):
     def _subscribe(self):
         super()._subscribe()
         self.subscribed.set()
+        if self.last_delivered is not None:  # subscribed again: what was published meanwhile, from the stream
+            try:
+                missed = self.store.entries_after(self.last_delivered)
+            except Exception as exc:  # noqa: BLE001 - Redis away again: the next subscription tries again
+                log.debug("recovery: no catch-up after the subscription (%s)", describe(exc))
+                return
+            for offset, message in missed:
+                message["offset"] = offset
+                message["data"] = self._with_offset(message, offset)
+                self._handle_emit(message)
+            if missed:
+                log.warning("recovery: %d packets published while unsubscribed delivered from the stream", len(missed))
 
     # --- emits: through the stream ------------------------------------------------------------------
     def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
@@ -94,6 +109,7 @@ class RecoveryManager(QueueManager):
             "skip_sid": skip_sid,
             "callback": None,
             "host_id": STREAM_ORIGIN,
+            "offset": self.offset_placeholder,  # the listener's: what it delivered last
         }
         try:
             self.store.append(self.json.dumps(message), self.offset_placeholder)
@@ -117,7 +133,22 @@ class RecoveryManager(QueueManager):
                 restore.claimed.wait(timeout=SOCKET_TIMEOUT)  # its instance reads the claim's reply meanwhile
                 self._replay(restore)
             return None
+        offset = message.get("offset")
+        if isinstance(offset, str):  # from the stream: once each, also after a catch-up
+            if self.last_delivered is not None and offset_key(offset) <= offset_key(self.last_delivered):
+                return None
+            self.last_delivered = offset
         return super()._handle_emit(message)
+
+    @staticmethod
+    def _with_offset(message, offset):
+        """A stream entry's arguments with its offset in place of the placeholder (the last one)."""
+        data = list(message["data"])
+        if message.get("binary"):
+            data[0] = [*data[0][:-1], offset]
+        else:
+            data[-1] = offset
+        return data
 
     # --- session records ----------------------------------------------------------------------------
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):

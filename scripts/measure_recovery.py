@@ -8,7 +8,8 @@ these scenarios small and asserts on them; this script runs them and writes the 
 Two parts. The faults: a sender says numbered messages to a room at `rate` per second; members (tests/node/
 recovery-member.mjs) record what they get; then a fault hits the members of one instance (not the sender's):
 `kill` (kill -9), `restart` (a graceful restart: drain, then the instance closes its sockets), `cut` (HAProxy
-cuts that instance's sessions and refuses new ones for `cut_s` seconds, the instance stays up). Per member:
+cuts that instance's sessions and refuses new ones for `cut_s` seconds, the instance stays up), `unsubscribe`
+(Redis drops every instance's subscription to the queue; clients stay connected). Per member:
 messages lost, duplicated, out of order, whether its reconnect was a recovery with the same id, and the time
 from the fault to the last message it missed (received through the replay). The footprint: Redis's memory and
 CPU with 1,000 idle WebSocket clients (session records, heartbeats), and its memory per packet kept for replay,
@@ -194,6 +195,12 @@ def scenario(stack, fault="kill", members=6, rate=50, before_s=3.0, after_s=6.0,
             restart_instance(stack, state, app)
         elif fault == "cut":
             cut_sessions(state, victim, cut_s)
+        elif fault == "unsubscribe":  # Redis drops every instance's subscription (as it does a slow subscriber)
+            import redis
+
+            client = redis.Redis.from_url(state["redis"]["url"])
+            client.client_kill_filter(_type="pubsub")
+            client.close()
         else:
             raise ValueError(f"unknown fault {fault!r}")
         time.sleep(after_s)

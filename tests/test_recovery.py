@@ -375,3 +375,17 @@ def test_first_client_of_a_fresh_instance_gets_what_its_connect_handler_emits(ow
         assert got and got[0][0]["user"] == "first" and got[0][0]["recovered"] is False, got
     finally:
         client.disconnect()
+
+
+@pytest.mark.parametrize("recovery", ["true", "false"], ids=["recovery", "control-no-recovery"])
+def test_a_lost_subscription_is_caught_up_from_the_stream(own_stack, recovery):
+    """Redis drops the instances' subscriptions (as it does a subscriber that reads too slowly); each subscribes
+    again within about a second. With recovery what was published meanwhile comes from the stream, once."""
+    stack = own_stack(replicas=2, CONNECTION_STATE_RECOVERY=recovery, EVENT_RATE=0)
+    result = scenario(stack, "unsubscribe", members=4, rate=50, before_s=2, after_s=4)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}))
+    assert all(member["connects"] == 1 for member in result["members"]), result  # nobody was disconnected
+    if recovery == "true":
+        assert all(member["exactly_once_in_order"] for member in result["members"]), result
+    else:  # control: the members of the other instance lose what was published while it was unsubscribed
+        assert result["lost_total"] > 0, result
