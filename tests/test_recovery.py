@@ -39,8 +39,9 @@ def assert_everyone_got_everything_once_in_order(result):
             assert member["connects"] == 1, member
 
 
-def test_kill9_members_recover_every_message_once_in_order_with_their_id_and_rooms(own_stack):
-    result = scenario(own_stack(**RECOVERY), "kill", members=6, rate=50, before_s=3, after_s=6)
+@pytest.mark.parametrize("transports", [None, ["polling"]], ids=["upgraded", "polling-only"])
+def test_kill9_members_recover_every_message_once_in_order_with_their_id_and_rooms(own_stack, transports):
+    result = scenario(own_stack(**RECOVERY), "kill", members=6, rate=50, before_s=3, after_s=6, transports=transports)
     print(json.dumps({k: v for k, v in result.items() if k != "members"}))
     assert_everyone_got_everything_once_in_order(result)
 
