@@ -179,6 +179,9 @@ class Settings:
     drain_seconds: float = 3.0  # DRAIN_SECONDS
     close_spread_seconds: float = 10.0  # CLOSE_SPREAD_SECONDS
     redis_wait_seconds: float = 30.0  # REDIS_WAIT_SECONDS
+    # connection state recovery (operations/recovery.py): same id, rooms, session and missed packets after a cut
+    connection_state_recovery: bool = False  # CONNECTION_STATE_RECOVERY
+    recovery_max_disconnection: float = 120.0  # RECOVERY_MAX_DISCONNECTION: seconds a session is kept
     cookie: CookieSettings = CookieSettings()
     require_login: bool = False
     log_level: str = "INFO"
@@ -226,6 +229,8 @@ class Settings:
             drain_seconds=env_number(env, "DRAIN_SECONDS", 3.0, kind=float, minimum=0),
             close_spread_seconds=env_number(env, "CLOSE_SPREAD_SECONDS", 10.0, kind=float, minimum=0),
             redis_wait_seconds=env_number(env, "REDIS_WAIT_SECONDS", 30.0, kind=float, minimum=0),
+            connection_state_recovery=env_bool(env, "CONNECTION_STATE_RECOVERY", False),
+            recovery_max_disconnection=env_number(env, "RECOVERY_MAX_DISCONNECTION", 120.0, kind=float, minimum=1),
             cookie=cookie,
             require_login=env_bool(env, "REQUIRE_LOGIN", False),
             log_level=env_str(env, "LOG_LEVEL", "info").upper(),

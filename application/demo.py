@@ -28,6 +28,7 @@ from flask_socketio import ConnectionRefusedError, emit, join_room, leave_room
 from application.auth import USER_NAME, signed_in_user
 from application.events import MAX_MESSAGE, bad_input, room_name
 from operations.presence import HEARTBEAT_EVERY, make_store
+from operations.recovery import recovered
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def register(socketio):
         clients[request.sid] = {"user": user, "transport": transport, "room": None}
         start_heartbeat()
         instance = current_app.config["SETTINGS"].instance_name
-        emit("welcome", {"sid": request.sid, "user": user, "instance": instance, "transport": transport})
+        welcome = {"sid": request.sid, "user": user, "instance": instance, "transport": transport}
+        emit("welcome", {**welcome, "recovered": recovered()})  # CONNECTION_STATE_RECOVERY brought it back
 
     @socketio.on("join", namespace=NAMESPACE)
     def join(data=None):

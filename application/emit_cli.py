@@ -19,28 +19,32 @@ import sys
 import click
 import redis
 
-from application.config import ConfigError, env_secret, with_password
+from application.config import ConfigError, env_bool, env_number, env_secret, with_password
 from operations.message_queue import close_client, queue_manager, redis_client
 
 
 def queue_settings():
-    """REDIS_URL and SOCKETIO_CHANNEL: the app's settings inside `flask`, else the environment."""
+    """REDIS_URL, SOCKETIO_CHANNEL and the recovery window (None: CONNECTION_STATE_RECOVERY off): the app's
+    settings inside `flask`, else the environment."""
     try:
         from flask import current_app
 
         settings = current_app.config["SETTINGS"]
-        return settings.redis_url, settings.message_queue_channel
+        window = settings.recovery_max_disconnection if settings.connection_state_recovery else None
+        return settings.redis_url, settings.message_queue_channel, window
     except (RuntimeError, KeyError):  # no app context: `python -m application.emit_cli`
         pass
     try:
         password = env_secret(os.environ, "REDIS_PASSWORD")
+        recovery = env_bool(os.environ, "CONNECTION_STATE_RECOVERY", False)
+        window = env_number(os.environ, "RECOVERY_MAX_DISCONNECTION", 120.0, kind=float, minimum=1)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     url = with_password(os.environ.get("REDIS_URL", "").strip(), password)
-    return url, os.environ.get("SOCKETIO_CHANNEL", "").strip() or "flask-socketio"
+    return url, os.environ.get("SOCKETIO_CHANNEL", "").strip() or "flask-socketio", window if recovery else None
 
 
-def emit_event(url, channel, event, data, room=None, namespace="/"):
+def emit_event(url, channel, event, data, room=None, namespace="/", recovery_window=None):
     """Publishes one event; returns how many processes (app instances) were subscribed to receive it."""
     client = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
     try:
@@ -49,7 +53,8 @@ def emit_event(url, channel, event, data, room=None, namespace="/"):
     finally:
         close_client(client)
     # its connection comes from redis_client(), so Sentinel URLs work the same way
-    manager = queue_manager(url, channel=channel, write_only=True)
+    # with recovery_window (CONNECTION_STATE_RECOVERY) through the recovery stream, so a client away gets it too
+    manager = queue_manager(url, channel=channel, write_only=True, recovery_window=recovery_window)
     manager.emit(event, data, namespace=namespace, room=room)
     return subscribers
 
@@ -69,11 +74,13 @@ def emit(event, data, room, namespace):
         ) from None
     if not namespace.startswith("/"):
         raise click.BadParameter("must start with /", param_hint="--namespace")
-    url, channel = queue_settings()
+    url, channel, recovery_window = queue_settings()
     if not url:
         raise click.ClickException("REDIS_URL is not set: without a message queue there is no one to emit to")
     try:
-        subscribers = emit_event(url, channel, event, payload, room=room, namespace=namespace)
+        subscribers = emit_event(
+            url, channel, event, payload, room=room, namespace=namespace, recovery_window=recovery_window
+        )
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis: {type(exc).__name__}: {exc}") from None
     target = f"room {room!r}" if room else "every client"

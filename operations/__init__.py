@@ -5,7 +5,7 @@ graceful stop and the access log to each worker."""
 import json
 import logging
 
-from operations import instrument, limits, logs, security
+from operations import instrument, limits, logs, recovery, security
 
 log = logging.getLogger("app")
 
@@ -29,8 +29,9 @@ def allowed_origins(settings):
 
 def install(socketio, app, settings):
     """After socketio.init_app(app): limits (EVENT_RATE, MAX_ROOMS_PER_CLIENT, bad packets), security headers,
-    metrics and one log line per connection event."""
+    metrics, one log line per connection event, and connection state recovery (CONNECTION_STATE_RECOVERY)."""
     limits.install(socketio, settings)
+    recovery.install(socketio, settings)
     security.install(app)
     instrument.install(socketio, app)
 

@@ -161,15 +161,32 @@ def connect(settings):
     display_url = mask_url_password(settings.redis_url)
     if settings.redis_wait_seconds > 0:
         wait_for_redis(settings.redis_url, settings.redis_wait_seconds, display_url)
-    return queue_manager(settings.redis_url, channel=settings.message_queue_channel, display_url=display_url)
+    recovery_window = settings.recovery_max_disconnection if settings.connection_state_recovery else None
+    return queue_manager(
+        settings.redis_url,
+        channel=settings.message_queue_channel,
+        display_url=display_url,
+        recovery_window=recovery_window,
+    )
 
 
-def queue_manager(url, channel, display_url=None, **kwargs):
+def queue_manager(url, channel, display_url=None, recovery_window=None, **kwargs):
     """patches/queue_manager.py's QueueManager while python-socketio is a version it was verified against, else
-    python-socketio's own RedisManager (it works, without the outage handling described above)."""
+    python-socketio's own RedisManager (it works, without the outage handling described above). With
+    `recovery_window` (CONNECTION_STATE_RECOVERY) and a verified version, the QueueManager with connection state
+    recovery (patches/connection_recovery.py)."""
     from patches import pins
     from patches import queue_manager as patched
 
+    if recovery_window is not None:
+        from patches import connection_recovery
+
+        if pins.verified("connection_recovery", connection_recovery.VERIFIED) and pins.verified(
+            "queue_manager", patched.VERIFIED
+        ):
+            return connection_recovery.RecoveryManager(
+                url, channel=channel, display_url=display_url, window=recovery_window, **kwargs
+            )
     if pins.verified("queue_manager", patched.VERIFIED):
         return patched.QueueManager(url, channel=channel, display_url=display_url, **kwargs)
     return socketio.RedisManager(url, channel=channel, **kwargs)

@@ -2,7 +2,7 @@
 
 The speedups (SPEEDUP_NAMES) serve speed and memory only: `install_speedups()` is called once by the app
 factory, and `SPEEDUPS=off` leaves every one of them off, so the stock libraries run. The other modules here
-(engineio_packets, socketio_hooks, gunicorn_servers) serve the operations layer, which installs them itself.
+(OPERATIONS_PATCHES) serve the operations layer, which installs them itself.
 Each module names the library versions it was verified against (VERIFIED) and what it replaces (REPLACES);
 with another version installed it stays off and logs one line (patches/pins.py).
 """
@@ -25,7 +25,7 @@ SPEEDUP_NAMES = (
     "websocket_writes",
 )
 # The replacements the operations layer installs itself (not switched by SPEEDUPS).
-OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager")
+OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager", "connection_recovery")
 
 
 def apply(module, *args):

@@ -248,7 +248,7 @@ class SimClient:
         text = data.get("error", data) if isinstance(data, dict) else data
         self.run.error(f"server error event: {text}")
 
-    def on_broadcast(self, data=None):
+    def on_broadcast(self, data=None, *_offset):  # CONNECTION_STATE_RECOVERY appends an offset argument
         # only messages sent while this client counted as connected are expected, so only those are counted
         if isinstance(data, dict) and data.get("run") == self.run.id and not self.run.closed:
             if self.up_since is not None and data["t"] >= self.up_since:

@@ -1,7 +1,10 @@
 """Writes the measured figures of the README and docs/ from the scripts' own result files, so no figure is typed
 by hand:
 
-- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py);
+- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py), and the
+  connection state recovery figures, from bench/results/recovery/ (scripts/measure_recovery.py) and
+  bench/results/recovery-ab/ (bench/run, recovery on against off); docs/configuration.md and README.md: a
+  line of those;
 - docs/performance.md: the goals, the before/after table and the benchmark tables, from bench/results/*.json
   (measured by bench/run); docs/scaling.md: the capacity table; README.md: the headline figures.
 
@@ -32,6 +35,147 @@ def fault_table():
 
     doc = json.loads((ROOT / "docs" / "faults.json").read_text())
     return measure_faults.table(doc["results"], doc["meta"])
+
+
+RECOVERY_FAULTS = "recovery/latest.json"  # scripts/measure_recovery.py
+RECOVERY_AB = "recovery-ab/latest.json"  # bench/run --systems template,template+CONNECTION_STATE_RECOVERY=true
+RECOVERY_ON = "template+CONNECTION_STATE_RECOVERY=true"
+RECOVERY_AA = "template+CONNECTION_STATE_RECOVERY=false"  # the template again, named apart: the A/A
+
+
+def run_value(run, scenario, system, key):
+    """One run's figure; "latency.p99_ms" reads run[...]["latency"]["p99_ms"] where the flat key is absent."""
+    value = run.get(scenario, {}).get(system, {})
+    if key in value:
+        return value[key]
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def recovery_cost(scenario, key, system=RECOVERY_ON):
+    """`system` ÷ the template on one benchmark row: the medians' ratio and each run's own."""
+    doc = load(RECOVERY_AB)
+    median_ratio = ratio(median(doc, scenario, system, key), median(doc, scenario, "template", key))
+    runs = [
+        ratio(run_value(run, scenario, system, key), run_value(run, scenario, "template", key)) for run in doc["runs"]
+    ]
+    return median_ratio, [value for value in runs if value is not None]
+
+
+def fmt_cost(scenario, key, system=RECOVERY_ON):
+    value, runs = recovery_cost(scenario, key, system)
+    return f"{fmt_ratio(value)} ({'/'.join(f'{r:.2f}' for r in runs)})"
+
+
+def fault_row(result):
+    affected = [m for m in result["members"] if m["affected"]]
+    recovered = sum(1 for m in affected if m["recovered"] == [True] and m["same_id"])
+    return affected, recovered
+
+
+def recovery_table():
+    """docs/operations.md, "Connection state recovery": what it costs and what it buys, on and off."""
+    faults, ab = load(RECOVERY_FAULTS), load(RECOVERY_AB)
+    results, meta = faults["results"], faults["meta"]
+    lines = [
+        f"**What it buys** (`scripts/measure_recovery.py`, {meta['date']}, {meta['machine']}): {meta['members']} "
+        f"Node `socket.io-client` members of a room, a sender saying {meta['rate']:g} numbered messages per "
+        "second to it, 3 instances; the fault hits the instance with most members (not the sender's).",
+        "",
+        "| fault | recovery | members hit | recovered, same id | messages lost | duplicates | out of order |"
+        " fault to the last missed message received |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "kill": "`kill -9` of an instance",
+        "restart": "graceful restart of an instance",
+        "cut": "the instance's clients cut for 10 s by HAProxy (instance up)",
+    }
+    for fault, label in names.items():
+        for recovery in ("true", "false"):
+            result = results.get(f"{fault}/recovery={recovery}")
+            if not result:
+                continue
+            affected, recovered = fault_row(result)
+            late = result["fault_to_last_missed_ms_max"]
+            lines.append(
+                f"| {label} | {'on' if recovery == 'true' else 'off'} | {len(affected)} | {recovered} | "
+                f"{result['lost_total']} of {result['sent'] * len(result['members'])} | {result['duplicates_total']} | "
+                f"{sum(m['out_of_order'] for m in result['members'])} | "
+                f"{'–' if late is None or recovery == 'false' else f'{late / 1000:.1f} s'} |"
+            )
+    on, off = results.get("footprint/recovery=true"), results.get("footprint/recovery=false")
+    lines += [
+        "",
+        f"**What it costs.** `bench/run` ({ab['machine']['date'][:10]}, {ab['sizes']['runs']} interleaved runs, "
+        "2 instances): recovery on ÷ off, median (each run); *A/A*: the template against itself (the setting "
+        "named, off), the run-to-run spread on this shared machine.",
+        "",
+        "| row | on ÷ off | A/A |",
+        "|---|---|---|",
+    ]
+    rows = [
+        ("WebSocket echo: echoes/s (acks: nothing stored)", "echo_ws", "echo_per_s"),
+        ("WebSocket echo: app CPU per 1,000 echoes", "echo_ws", "app_cpu_ms_per_1000"),
+        ("broadcast: app CPU per 1,000 deliveries", "broadcast", "app_cpu_ms_per_1000"),
+        ("broadcast: p99 latency", "broadcast", "latency.p99_ms"),
+        ("broadcast: delivered", "broadcast", "delivered_fraction"),
+    ]
+    aa = RECOVERY_AA in ab["medians"].get("echo_ws", {})
+    for label, scenario, key in rows:
+        spread = fmt_cost(scenario, key, RECOVERY_AA) if aa else "not measured"
+        lines.append(f"| {label} | {fmt_cost(scenario, key)} | {spread} |")
+    redis_on = median(ab, "broadcast", RECOVERY_ON, "server.redis.cpu_pct_of_core")
+    redis_off = median(ab, "broadcast", "template", "server.redis.cpu_pct_of_core")
+    asked = ab["sizes"].get("broadcast_senders", 2) * ab["sizes"].get("broadcast_rate", 10)
+    lines.append(
+        f"| broadcast: Redis CPU ({asked:g} broadcasts/s to 1,000 clients) | {redis_on:.1f}% of a core on, "
+        f"{redis_off:.1f}% off | |"
+    )
+    if on and off:
+        lines += [
+            f"| Redis memory per 1,000 idle WebSocket clients (`scripts/measure_recovery.py`) | "
+            f"{on['redis_memory_mb_per_1000_clients']:.2f} MB on, "
+            f"{off['redis_memory_mb_per_1000_clients']:.2f} MB off | |",
+            f"| Redis CPU per 1,000 idle WebSocket clients (heartbeats, record refreshes) | "
+            f"{on['redis_idle_cpu_pct_per_1000_clients']:.2f}% of a core on, "
+            f"{off['redis_idle_cpu_pct_per_1000_clients']:.2f}% off | |",
+            f"| Redis memory per packet kept for replay ({on['packet_payload_bytes']}-byte payload) | "
+            f"{on['redis_bytes_per_packet_kept']} bytes; at most 10,000 packets, none older than the window | |",
+        ]
+    return "\n".join(lines)
+
+
+def recovery_line():
+    """README's faults paragraph: one line of the figures above."""
+    results = load(RECOVERY_FAULTS)["results"]
+    kill_on, kill_off = results["kill/recovery=true"], results["kill/recovery=false"]
+    affected, recovered = fault_row(kill_on)
+    rate = load(RECOVERY_FAULTS)["meta"]["rate"]
+    return (
+        f"With `CONNECTION_STATE_RECOVERY=true` (off by default) a `kill -9` under {rate:g} room messages/s"
+        f" cost its {len(affected)} clients {kill_on['lost_total']} messages and "
+        f"{kill_on['duplicates_total']} duplicates ({recovered} of {len(affected)} back with the same id and rooms, "
+        f"the last missed message in by {kill_on['fault_to_last_missed_ms_max'] / 1000:.1f} s); without it the "
+        f"same kill lost {kill_off['lost_total']} "
+        "([connection state recovery](docs/operations.md#connection-state-recovery))."
+    )
+
+
+def recovery_setting():
+    """docs/configuration.md, CONNECTION_STATE_RECOVERY's row: the cost in one phrase."""
+    parts, within = [], True
+    for label, scenario in (("per broadcast delivery", "broadcast"), ("per WebSocket echo", "echo_ws")):
+        on, _ = recovery_cost(scenario, "app_cpu_ms_per_1000")
+        aa, aa_runs = recovery_cost(scenario, "app_cpu_ms_per_1000", RECOVERY_AA)
+        within = within and min(aa_runs) <= on <= max(aa_runs)
+        parts.append(f"{label} {fmt_ratio(on)} on ÷ off (A/A {fmt_ratio(aa)})")
+    verdict = "within the A/A runs' range" if within else "beyond the A/A runs' range on at least one row"
+    return f"app CPU {', '.join(parts)}: {verdict}"
+
+
+INLINE = {"recovery-setting"}  # sections inside a line (a table cell): no line breaks around them
 
 
 def bench_tables():
@@ -656,7 +800,7 @@ def docker_report():
 
 
 TARGETS = {
-    "README.md": {"headline": headline},
+    "README.md": {"headline": headline, "recovery": recovery_line},
     "docs/performance.md": {
         "goals": goals_table,
         "tuning": tuning_table,
@@ -666,7 +810,8 @@ TARGETS = {
         "memory-breakdown": memory_breakdown_note,
     },
     "docs/scaling.md": {"capacity": capacity_note},
-    "docs/operations.md": {"faults": fault_table},
+    "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
+    "docs/configuration.md": {"recovery-setting": recovery_setting},
     "docs/docker.md": {"docker": docker_report},
     "patches/README.md": {"speedups": speedups_tables},
 }
@@ -679,7 +824,8 @@ def render(text, sections, path):
             raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
         head, rest = text.split(begin, 1)
         tail = rest.split(end, 1)[1]
-        text = f"{head}{begin}\n{make()}\n{end}{tail}"
+        around = "" if name in INLINE else "\n"
+        text = f"{head}{begin}{around}{make()}{around}{end}{tail}"
     return text
 
 

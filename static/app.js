@@ -102,19 +102,25 @@
   });
   chat.io.on("reconnect_error", (error) => addLog(`reconnect failed: ${error.message}`));
 
+  // CONNECTION_STATE_RECOVERY on the server: after a cut the socket comes back with its id, rooms and the
+  // messages it missed; those are handed to the handlers before "connect", so the ones seen while away are marked
+  let away = false;
   chat.on("connect", () => {
-    setStatus("connected");
+    away = false;
+    setStatus(chat.recovered ? "recovered" : "connected");
+    if (chat.recovered) addLog("recovered: same id, same room, missed messages replayed");
     setSending(false);
-    join(roomInput.value); // again after every reconnect: the new instance knows nothing of this page
+    join(roomInput.value); // again after every reconnect: the new instance's presence list knows nothing of this page
   });
   chat.on("welcome", (info) => {
     $("instance").textContent = info.instance;
     $("user").textContent = info.user;
     document.body.dataset.sid = info.sid;
     showTransport(info.transport);
-    addLog(`connected to ${info.instance} over ${info.transport} as ${info.user}`);
+    addLog(`connected to ${info.instance} over ${info.transport} as ${info.user}${info.recovered ? " (session recovered)" : ""}`);
   });
   chat.on("disconnect", (reason) => {
+    away = true;
     setStatus("disconnected", `disconnected: ${reason}`);
     setSending(false);
     $("instance").textContent = "-";
@@ -184,7 +190,8 @@
 
   chat.on("message", (m) => {
     if (m.room !== currentRoom) return;
-    addMessage(m.sid === chat.id ? "message mine" : "message", [
+    const kind = (m.sid === chat.id ? "message mine" : "message") + (away ? " replayed" : "");
+    addMessage(kind, [
       ["user", m.user],
       ["instance", m.instance],
       ["transport", m.transport],

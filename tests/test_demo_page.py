@@ -233,11 +233,11 @@ class DemoPage:
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {what}; log: {self.text('log')!r}")
 
-    def joined(self):
+    def joined(self, status="connected"):
         """Connected, joined to its room and able to send: returns the instance the page shows."""
         self.wait(
             lambda: (
-                self.text("status") == "connected"
+                self.text("status") == status
                 and self.text("instance") not in ("-", "")
                 and self.text("room-name") == self.room
                 and self.driver.execute_script("return !document.getElementById('send').disabled")
@@ -252,11 +252,13 @@ class DemoPage:
             ".textContent, instance: li.dataset.instance, transport: li.dataset.transport}))"
         )
 
-    def messages(self):
+    def messages(self, replayed=False):
+        """The messages shown (with `replayed`: also whether the page marked each as replayed)."""
         return self.driver.execute_script(
             "return [...document.querySelectorAll('#messages li.message')].map(li => ({user: li.querySelector("
             "'.user').textContent, instance: li.querySelector('.instance').textContent, text: li.querySelector("
-            "'.text').textContent}))"
+            "'.text').textContent, ...(arguments[0] ? {replayed: li.classList.contains('replayed')} : {})}))",
+            replayed,
         )
 
     def say(self, text):
@@ -274,7 +276,8 @@ class DemoClient:
     def __init__(self, url, user, room, transports=None):
         self.client = socketio.Client(reconnection_delay=0.5, reconnection_delay_max=1)
         self.events = []
-        self.client.on("*", lambda event, data=None: self.events.append((event, data)), namespace="/demo")
+        # *offset: with CONNECTION_STATE_RECOVERY the server appends an offset to each event (docs/operations.md)
+        self.client.on("*", lambda event, data=None, *offset: self.events.append((event, data)), namespace="/demo")
         self.client.connect(url, namespaces=["/demo"], transports=transports, auth={"user": user}, wait_timeout=10)
         self.user, self.room = user, room
         assert self.client.call("join", {"room": room}, namespace="/demo", timeout=10)["ok"]
@@ -417,3 +420,51 @@ def test_sign_in_form_then_connected_as_that_user(own_stack, browser):
     page.joined()
     assert page.text("user") == name
     assert [m["user"] for m in page.presence()] == [name]
+
+
+@pytest.mark.parametrize("recovery", ["true", "false"], ids=["recovery", "control-no-recovery"])
+def test_page_recovers_after_the_kill_of_its_instance_and_marks_replayed_messages(own_stack, browser, recovery):
+    stack = own_stack(CONNECTION_STATE_RECOVERY=recovery)
+    status = stack.status()
+    url = status["url"]
+    room = f"recovery-{uuid.uuid4().hex[:6]}"
+    page = DemoPage(browser(), url, "fay", room)
+    victim_name = page.joined()
+    page.wait(lambda: page.text("transport") == "websocket", "the upgrade to websocket")
+    sid = page.driver.execute_script("return document.body.dataset.sid")
+    witness = None
+    for attempt in range(8):  # a python participant on another instance, that speaks while the page is away
+        candidate = DemoClient(url, f"gus{attempt}", room)
+        if candidate.instance != victim_name:
+            witness = candidate
+            break
+        candidate.close()
+    assert witness, "no python client landed on another instance"
+    try:
+        witness.say("before the kill")
+        page.wait(lambda: any(m["text"] == "before the kill" for m in page.messages()), "the first message")
+        victim = next(app for app in status["apps"] if app["name"] == victim_name)
+        os.killpg(victim["pid"], signal.SIGKILL)
+        page.wait(lambda: page.text("status") != "connected", "the cut")
+        for number in range(3):
+            assert witness.say(f"while away {number}")["ok"]
+        page.wait(lambda: page.text("reconnects") != "0", "a reconnect", timeout=30)
+        if recovery == "true":
+            page.joined(status="recovered")
+            assert page.driver.execute_script("return document.body.dataset.sid") == sid  # the same socket id
+            page.wait(lambda: all(f"while away {n}" in page.text("messages") for n in range(3)), "the replay")
+            shown = {m["text"]: m["replayed"] for m in page.messages(replayed=True)}
+            assert [shown.get(f"while away {n}") for n in range(3)] == [True, True, True], shown
+            assert shown["before the kill"] is False
+            assert "(session recovered)" in page.text("log")  # the server's connect handler knew it too
+        else:  # control: a new session, the messages of the gap are gone
+            page.joined()
+            assert page.driver.execute_script("return document.body.dataset.sid") != sid
+            time.sleep(1)
+            shown = [m["text"] for m in page.messages()]
+            assert not any(text.startswith("while away") for text in shown), shown
+            assert "(session recovered)" not in page.text("log")
+        witness.say("after the recovery")
+        page.wait(lambda: any(m["text"] == "after the recovery" for m in page.messages()), "a message after it")
+    finally:
+        witness.close()

@@ -1,8 +1,8 @@
 """The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers,
-queue_manager) stay off with a library version they were not verified against: one log line names the patch
-and the version found, every target in REPLACES keeps the library's own value, and the app still serves. Each
-case runs in a fresh process, since these replacements are process-wide; a positive control shows that, pins
-matching, the targets hold the patches' values."""
+queue_manager, connection_recovery) stay off with a library version they were not verified against: one log
+line names the patch and the version found, every target in REPLACES keeps the library's own value, and the
+app still serves. Each case runs in a fresh process, since these replacements are process-wide; a positive
+control shows that, pins matching, the targets hold the patches' values."""
 
 import json
 import os
@@ -149,6 +149,32 @@ manager = message_queue.queue_manager(f"redis://127.0.0.1:{port}/0", channel="fl
 result["lines"] = patch_lines()
 result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
 result["queue_targets"] = live_targets({"manager": manager})
+""",
+    # a server with CONNECTION_STATE_RECOVERY=true as create_app() makes it (its Redis is a closed port)
+    "connection_recovery": r"""
+import socket
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from application.config import Settings
+from operations import message_queue, recovery
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+url = f"redis://127.0.0.1:{port}/0"
+settings = Settings.from_env(
+    {"APP_ENV": "development", "INSTANCE_NAME": "private", "REDIS_URL": url, "CONNECTION_STATE_RECOVERY": "true"}
+)
+private = Flask("private")
+private.config["SETTINGS"] = settings
+manager = message_queue.queue_manager(url, channel="flask-socketio", recovery_window=120)
+recovering = SocketIO(private, client_manager=manager)
+result["installed"] = recovery.install(recovering, settings)
+result["lines"] = patch_lines()
+result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
+result["queue_targets"] = live_targets({"server": recovering.server, "manager": manager})
 """,
     # lifecycle.install as gunicorn.conf.py's post_worker_init calls it, for the plain gevent worker
     "gunicorn_servers": r"""
@@ -317,4 +343,23 @@ def test_queue_manager_control_is_the_template_one():
     assert result["lines"] == []
     assert result["manager_class"] == "patches.queue_manager.QueueManager"
     assert_patch_values(result["queue_targets"])
+    assert_serves(result)
+
+
+def test_connection_recovery_with_an_unverified_socketio_is_off_and_the_queue_is_the_template_one():
+    result, _ = run_case("connection_recovery", "mismatch")
+    assert_one_line_naming_the_versions_found("connection_recovery", result)
+    assert result["manager_class"] == "patches.queue_manager.QueueManager"
+    assert result["installed"] is False
+    assert_library_values(result["queue_targets"], patch="connection_recovery")  # queue_manager's own stay
+    assert_library_values(result["targets"])
+    assert_serves(result)
+
+
+def test_connection_recovery_control_replaces_every_target():
+    result, _ = run_case("connection_recovery", "match")
+    assert result["lines"] == []
+    assert result["manager_class"] == "patches.connection_recovery.RecoveryManager"
+    assert result["installed"] is True
+    assert all(value["module"] == "patches.connection_recovery" for value in result["queue_targets"].values()), result
     assert_serves(result)
