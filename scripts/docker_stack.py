@@ -104,10 +104,46 @@ def compose_command():
     raise DockerError("neither `docker compose` nor `docker-compose` is installed")
 
 
-def published_port_is_free(port):
-    from native_stack import port_is_free
+def inspect(*ids):
+    return json.loads(docker("inspect", *ids).stdout) if ids else []
 
-    return port_is_free(port, "0.0.0.0")
+
+def haproxy_metrics(container, check=True):
+    """HAProxy's Prometheus metrics, from inside its container (the stats port is not published)."""
+    return docker("exec", container, "wget", "-q", "-O", "-", "http://127.0.0.1:8404/metrics", check=check).stdout
+
+
+def servers_up(metrics):
+    """Backend servers HAProxy has UP (the server-template slots filled through Docker's DNS)."""
+    return len(re.findall(r'^haproxy_server_status\{proxy="app",server="[^"]+",state="UP"\} 1$', metrics, re.M))
+
+
+class Fleet:
+    """tests/node/sio-fleet.mjs in the background: Node clients that keep asking which instance serves them.
+    Starts them and waits for its first line (how many are connected and upgraded); result() waits for the rest."""
+
+    def __init__(self, url, clients, duration, **options):
+        options = {"url": url, "clients": clients, "durationMs": duration * 1000, **options}
+        argv = ["node", str(ROOT / "tests" / "node" / "sio-fleet.mjs"), json.dumps(options)]
+        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.duration = duration
+        line = self.process.stdout.readline()
+        if not line.startswith('{"ready"'):
+            self.process.kill()
+            raise DockerError(f"sio-fleet.mjs said {line!r} first; stderr: {self.process.communicate()[1][-2000:]}")
+        self.ready = json.loads(line)["ready"]
+
+    def result(self):
+        """Per client: `runs` (instance, sid, transport, from, to, count), `connects`, `disconnects`, `errors`, ..."""
+        out, err = self.process.communicate(timeout=self.duration + 30)
+        if self.process.returncode != 0:
+            raise DockerError(f"sio-fleet.mjs exited {self.process.returncode}: {err[-2000:]}")
+        return json.loads(out.splitlines()[-1])["clients"]
+
+
+def instances_of(client):
+    """The instances that answered one Fleet client, in order, one entry per run of the same instance and sid."""
+    return [run["instance"] for run in client["runs"]]
 
 
 class ComposeStack:
@@ -147,10 +183,9 @@ class ComposeStack:
         if service:
             filters += ["--filter", f"label=com.docker.compose.service={service}"]
         ids = docker("ps", "-q", *(["-a"] if all else []), *filters).stdout.split()
-        return [c["Id"] for c in sorted(self.inspect(*ids), key=lambda c: c["Created"])] if ids else []
+        return [c["Id"] for c in sorted(inspect(*ids), key=lambda c: c["Created"])]
 
-    def inspect(self, *ids):
-        return json.loads(docker("inspect", *ids).stdout) if ids else []
+    inspect = staticmethod(inspect)
 
     def hostnames(self, service="app"):
         """container id -> the name the app reports (its hostname, the short container id)."""
@@ -169,17 +204,8 @@ class ComposeStack:
             return response.status, response.headers, response.read()
 
     def haproxy_metrics(self):
-        """HAProxy's Prometheus metrics, from inside its container (the stats port is not published)."""
         [haproxy] = self.containers("haproxy")
-        return docker("exec", haproxy, "wget", "-q", "-O", "-", "http://127.0.0.1:8404/metrics").stdout
-
-    def servers_up(self):
-        """Backend servers HAProxy has UP (the server-template slots filled through Docker's DNS)."""
-        return len(
-            re.findall(
-                r'^haproxy_server_status\{proxy="app",server="[^"]+",state="UP"\} 1$', self.haproxy_metrics(), re.M
-            )
-        )
+        return haproxy_metrics(haproxy)
 
     def wait_until_serving(self, replicas=None, timeout=180):
         """Every container healthy (one-shots exited 0), HAProxy serving a handshake, `replicas` servers UP."""
@@ -196,6 +222,6 @@ class ComposeStack:
                 status, _, _ = self.get("/socket.io/?EIO=4&transport=polling", timeout=2)
             except OSError:
                 return False
-            return status == 200 and (replicas is None or self.servers_up() == replicas)
+            return status == 200 and (replicas is None or servers_up(self.haproxy_metrics()) == replicas)
 
         wait_for(ready, timeout, f"compose project {self.project} to serve", interval=1)

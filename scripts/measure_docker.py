@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from docker_stack import ROOT, ComposeStack, DockerEngine, docker, run, standin_env  # noqa: E402
+from docker_stack import ROOT, ComposeStack, DockerEngine, Fleet, docker, run, standin_env  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "docker" / "latest.json"
-FLEET = ROOT / "tests" / "node" / "sio-fleet.mjs"
 PROJECT = "rtmeasure"
 
 
@@ -52,15 +51,13 @@ def image_size_mb(image):
 
 def kill_gap(stack, clients=30, duration=20):
     """Seconds from a `docker kill` of one replica to each of its clients' next connect (Node clients)."""
-    argv = ["node", str(FLEET), json.dumps({"url": stack.url, "clients": clients, "durationMs": duration * 1000})]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert json.loads(process.stdout.readline())["ready"] == clients
+    fleet = Fleet(stack.url, clients, duration)
+    assert fleet.ready == clients
     victim = stack.containers("app")[0]
     name = stack.hostnames()[victim]
     killed = time.time() * 1000
     docker("kill", victim)
-    out, _ = process.communicate(timeout=duration + 30)
-    result = json.loads(out.splitlines()[-1])["clients"]
+    result = fleet.result()
     gaps = [
         (min(t for t in c["connects"] if t > killed) - killed) / 1000
         for c in result

@@ -364,6 +364,22 @@ def test_two_browsers_on_different_instances_chat_and_see_each_other(stack, brow
         carol.close()
 
 
+def participant_elsewhere(url, name, room, instance, tries=8):
+    """A python DemoClient in `room` on another instance than `instance` (HAProxy picks; a few tries)."""
+    for attempt in range(tries):
+        candidate = DemoClient(url, f"{name}{attempt}", room)
+        if candidate.instance != instance:
+            return candidate
+        candidate.close()
+    raise AssertionError(f"no python client landed on another instance than {instance} in {tries} tries")
+
+
+def kill_instance(status, name):
+    """kill -9 of one native stack instance (its process group: gunicorn's master and worker)."""
+    victim = next(app for app in status["apps"] if app["name"] == name)
+    os.killpg(victim["pid"], signal.SIGKILL)
+
+
 def test_page_survives_the_kill_of_its_instance(own_stack, browser):
     stack = own_stack()
     status = stack.status()
@@ -372,17 +388,9 @@ def test_page_survives_the_kill_of_its_instance(own_stack, browser):
     page = DemoPage(browser(), url, "dora", room)
     victim_name = page.joined()
     page.wait(lambda: page.text("transport") == "websocket", "the upgrade to websocket")
-    witness = None
-    for attempt in range(8):  # a python participant on another instance, to prove cross-instance delivery
-        candidate = DemoClient(url, f"eve{attempt}", room)
-        if candidate.instance != victim_name:
-            witness = candidate
-            break
-        candidate.close()
-    assert witness, "no python client landed on another instance"
+    witness = participant_elsewhere(url, "eve", room, victim_name)  # proves cross-instance delivery
     try:
-        victim = next(app for app in status["apps"] if app["name"] == victim_name)
-        os.killpg(victim["pid"], signal.SIGKILL)
+        kill_instance(status, victim_name)
 
         page.wait(lambda: page.text("reconnects") != "0", "a reconnect", timeout=30)
         new_instance = page.joined()
@@ -432,19 +440,11 @@ def test_page_recovers_after_the_kill_of_its_instance_and_marks_replayed_message
     victim_name = page.joined()
     page.wait(lambda: page.text("transport") == "websocket", "the upgrade to websocket")
     sid = page.driver.execute_script("return document.body.dataset.sid")
-    witness = None
-    for attempt in range(8):  # a python participant on another instance, that speaks while the page is away
-        candidate = DemoClient(url, f"gus{attempt}", room)
-        if candidate.instance != victim_name:
-            witness = candidate
-            break
-        candidate.close()
-    assert witness, "no python client landed on another instance"
+    witness = participant_elsewhere(url, "gus", room, victim_name)  # speaks while the page is away
     try:
         witness.say("before the kill")
         page.wait(lambda: any(m["text"] == "before the kill" for m in page.messages()), "the first message")
-        victim = next(app for app in status["apps"] if app["name"] == victim_name)
-        os.killpg(victim["pid"], signal.SIGKILL)
+        kill_instance(status, victim_name)
         page.wait(lambda: page.text("status") != "connected", "the cut")
         for number in range(3):
             assert witness.say(f"while away {number}")["ok"]

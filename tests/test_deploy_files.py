@@ -898,3 +898,10 @@ def test_every_base_image_comes_from_one_variable(compose, dockerfile):
     stack = load_compose(ROOT / "deploy" / "swarm" / "docker-stack.yml")
     assert stack["services"]["redis"]["image"] == compose["services"]["redis"]["image"]
     assert stack["services"]["haproxy"]["image"] == compose["services"]["haproxy"]["image"]
+
+
+def test_swarm_haproxy_starts_and_is_checked_as_in_compose(compose):
+    """The start check (HAPROXY_MAXCONN against NOFILE_LIMIT) and the healthcheck are written twice: same text."""
+    stack = load_compose(ROOT / "deploy" / "swarm" / "docker-stack.yml")
+    for key in ("command", "healthcheck", "ulimits"):
+        assert stack["services"]["haproxy"][key] == compose["services"]["haproxy"][key], key

@@ -12,49 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from docker_stack import ComposeStack, docker
+from docker_stack import ComposeStack, Fleet, docker, instances_of
 from test_demo_page import DemoPage, browser, built_assets  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-FLEET = ROOT / "tests" / "node" / "sio-fleet.mjs"
 PROJECT = "rtcompose"
 NOFILE_LIMIT = 20000  # the open-file limit of dockerd on these machines: the stack must start with it
-
-
-class Fleet:
-    """tests/node/sio-fleet.mjs in the background: Node clients that keep asking which instance serves them."""
-
-    def __init__(self, url, clients, duration, **options):
-        argv = [
-            "node",
-            str(FLEET),
-            json.dumps({"url": url, "clients": clients, "durationMs": duration * 1000, **options}),
-        ]
-        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.duration = duration
-        line = self.process.stdout.readline()
-        if not line.startswith('{"ready"'):
-            self.process.kill()
-            raise AssertionError(f"sio-fleet.mjs said {line!r} first; stderr: {self.process.communicate()[1][-2000:]}")
-        self.ready_line = json.loads(line)
-
-    @property
-    def ready(self):
-        return self.ready_line.get("ready", 0)
-
-    def result(self):
-        out, err = self.process.communicate(timeout=self.duration + 30)
-        assert self.process.returncode == 0, err
-        return json.loads(out.splitlines()[-1])["clients"]
 
 
 def fleet(stack, clients=30, duration=6, **options):
     run = Fleet(stack.url, clients, duration, **options)
     return run.ready, run.result()
-
-
-def instances_of(client):
-    return [run["instance"] for run in client["runs"]]
 
 
 def daemon_nofile_limit(image):

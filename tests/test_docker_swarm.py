@@ -2,16 +2,13 @@
 from the Dockerfile, `docker stack deploy`, Node clients through the port HAProxy publishes, a scale of the app
 service; the stack, its secrets and the swarm are gone at the end."""
 
-import json
 import os
-import re
 import secrets
 import urllib.request
 
 import pytest
-from docker_stack import docker, run
+from docker_stack import Fleet, docker, haproxy_metrics, inspect, instances_of, run, servers_up
 from native_stack import free_port, wait_for
-from test_docker_compose import Fleet, instances_of
 
 STACK = "rtswarm"
 IMAGE = "realtime-swarm-test:latest"
@@ -29,16 +26,11 @@ class SwarmStack:
 
     def hostnames(self):
         ids = self.containers("app")
-        return {c["Config"]["Hostname"] for c in docker_inspect(ids)} if ids else set()
+        return {c["Config"]["Hostname"] for c in inspect(*ids)}
 
     def servers_up(self):
         haproxy = self.containers("haproxy")
-        if len(haproxy) != 1:
-            return -1
-        metrics = docker("exec", haproxy[0], "wget", "-q", "-O", "-", "http://127.0.0.1:8404/metrics", check=False)
-        return len(
-            re.findall(r'^haproxy_server_status\{proxy="app",server="[^"]+",state="UP"\} 1$', metrics.stdout, re.M)
-        )
+        return servers_up(haproxy_metrics(haproxy[0], check=False)) if len(haproxy) == 1 else -1
 
     def wait_until_serving(self, replicas, timeout=240):
         def ready():
@@ -51,10 +43,6 @@ class SwarmStack:
                 return False
 
         wait_for(ready, timeout, f"{replicas} app tasks UP behind HAProxy", interval=2)
-
-
-def docker_inspect(ids):
-    return json.loads(docker("inspect", *ids).stdout)
 
 
 def teardown():
