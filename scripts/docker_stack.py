@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -177,19 +178,23 @@ class ComposeStack:
     def down(self, *args):
         return self.compose("down", "--timeout", "5", *args, timeout=300, check=False)
 
-    def containers(self, service=None, all=False):
-        """Container ids of the project (of one service), oldest first."""
+    def inspected(self, service=None, all=False):
+        """`docker inspect` of the project's containers (of one service), oldest first."""
         filters = ["--filter", f"label=com.docker.compose.project={self.project}"]
         if service:
             filters += ["--filter", f"label=com.docker.compose.service={service}"]
         ids = docker("ps", "-q", *(["-a"] if all else []), *filters).stdout.split()
-        return [c["Id"] for c in sorted(inspect(*ids), key=lambda c: c["Created"])]
+        return sorted(inspect(*ids), key=lambda c: c["Created"])
+
+    def containers(self, service=None, all=False):
+        """Container ids of the project (of one service), oldest first."""
+        return [c["Id"] for c in self.inspected(service, all)]
 
     inspect = staticmethod(inspect)
 
     def hostnames(self, service="app"):
         """container id -> the name the app reports (its hostname, the short container id)."""
-        return {c["Id"]: c["Config"]["Hostname"] for c in self.inspect(*self.containers(service))}
+        return {c["Id"]: c["Config"]["Hostname"] for c in self.inspected(service)}
 
     def health(self, container):
         state = self.inspect(container)[0]["State"]
@@ -211,7 +216,7 @@ class ComposeStack:
         """Every container healthy (one-shots exited 0), HAProxy serving a handshake, `replicas` servers UP."""
 
         def ready():
-            for container in self.inspect(*self.containers(all=True)):
+            for container in self.inspected(all=True):
                 state = container["State"]
                 if container["Config"]["Labels"].get("com.docker.compose.service") == "secrets-init":
                     if state["Status"] != "exited" or state["ExitCode"] != 0:
@@ -225,3 +230,14 @@ class ComposeStack:
             return status == 200 and (replicas is None or servers_up(self.haproxy_metrics()) == replicas)
 
         wait_for(ready, timeout, f"compose project {self.project} to serve", interval=1)
+
+    def up_on_a_taken_port(self, project):
+        """`up -d` of HAProxy alone, in another project, on a port something else listens on: what compose says."""
+        with socket.socket() as taken:
+            taken.bind(("0.0.0.0", 0))
+            taken.listen()
+            other = ComposeStack(project, self.env, port=taken.getsockname()[1])
+            try:
+                return other.compose("up", "-d", "--no-deps", "haproxy", check=False, timeout=300)
+            finally:
+                other.down("-v")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -84,14 +83,7 @@ def messages(stack):
     no_engine = {**stack.env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     wrapper = subprocess.run(["scripts/compose", "ps"], cwd=ROOT, env=no_engine, capture_output=True, text=True)
     raw = stack.compose("ps", check=False, env={"DOCKER_HOST": no_engine["DOCKER_HOST"]})
-    with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        other = ComposeStack("rtmeasureport", stack.env, port=taken.getsockname()[1])
-        try:
-            busy = other.compose("up", "-d", "--no-deps", "haproxy", check=False, timeout=300)
-        finally:
-            other.down("-v")
+    busy = stack.up_on_a_taken_port("rtmeasureport")
     port_lines = [line.strip() for line in (busy.stdout + busy.stderr).splitlines() if "address already in use" in line]
     return {
         "no_engine_scripts_compose": wrapper.stderr.strip(),

@@ -6,7 +6,6 @@ The tests of this module share one compose project (started by the `compose` fix
 
 import json
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -222,15 +221,7 @@ def test_secrets_are_generated_once_and_survive_down_and_up(compose):
 
 
 def test_a_taken_port_gives_a_clear_message(compose):
-    with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        other = ComposeStack("rtporttaken", compose.env, port=port)
-        try:
-            result = other.compose("up", "-d", "--no-deps", "haproxy", check=False, timeout=300)
-        finally:
-            other.down("-v")
+    result = compose.up_on_a_taken_port("rtporttaken")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "address already in use" in output or "port is already allocated" in output, output
