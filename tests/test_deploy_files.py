@@ -905,3 +905,26 @@ def test_swarm_haproxy_starts_and_is_checked_as_in_compose(compose):
     stack = load_compose(ROOT / "deploy" / "swarm" / "docker-stack.yml")
     for key in ("command", "healthcheck", "ulimits"):
         assert stack["services"]["haproxy"][key] == compose["services"]["haproxy"][key], key
+
+
+@pytest.mark.parametrize(
+    ("maxconn", "says"),
+    [
+        ("abc", "HAPROXY_MAXCONN=abc is not a whole number of connections"),
+        ("-5", "HAPROXY_MAXCONN=-5 is not a whole number"),
+        ("20000", "HAPROXY_MAXCONN=20000 needs 40100 open files but NOFILE_LIMIT is 20000"),
+        ("9900", None),  # control: fits, so the check hands over to the image's entrypoint (absent here)
+        (None, None),  # control: unset, HAProxy derives maxconn itself
+    ],
+)
+def test_haproxy_start_check_names_what_to_change(compose, maxconn, says):
+    """HAProxy itself takes `maxconn abc` as valid (`haproxy -c` passes): the compose start check refuses it."""
+    script = interpolate(compose["services"]["haproxy"]["command"][2], {})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **({"HAPROXY_MAXCONN": maxconn} if maxconn else {})}
+    result = subprocess.run(
+        ["sh", "-c", f"ulimit -n 20000 && {script}"], env=env, capture_output=True, text=True, timeout=10
+    )
+    if says:
+        assert result.returncode == 78 and result.stderr.startswith(f"haproxy: {says}"), result
+    else:
+        assert result.returncode == 127 and "docker-entrypoint.sh" in result.stderr, result
