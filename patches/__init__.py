@@ -23,6 +23,7 @@ SPEEDUP_NAMES = (
     "websocket_speedups",
     "connection_memory",
     "websocket_writes",
+    "idle_websockets",
 )
 # The replacements the operations layer installs itself (not switched by SPEEDUPS).
 OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager", "connection_recovery")

@@ -59,21 +59,30 @@ def websocket_handler(sock, ws):
             return on_demand_handler(sock, ws)
         return ENGINEIO_WEBSOCKET_HANDLER(sock, ws)
     finally:
-        sock.direct = None
+        if sock.writer_ws is None:  # else parked: patches/idle_websockets.py ends it later
+            sock.direct = None
 
 
 WRITER_ON_DEMAND = [True]  # WEBSOCKET_WRITER_ON_DEMAND, set by install()
+PARK_WHEN_IDLE = [None]  # patches/idle_websockets.py's park_when_idle(sock, ws), when it is on
+
+
+def installed_on_demand():
+    """True if engineio's Socket runs on_demand_handler (direct send and the writer on demand)."""
+    return engineio_socket.Socket._websocket_handler is websocket_handler and WRITER_ON_DEMAND[0]
+
+
+def websocket_wait(sock, ws):
+    data = ws.wait()
+    if data and len(data) > sock.server.max_http_buffer_size:
+        raise ValueError("packet is too large")
+    return data
 
 
 def on_demand_handler(self, ws):
     """python-engineio 4.15.1's Socket._websocket_handler, line for line, except that its writer greenlet is
-    started on demand (wake_writer) instead of once for the connection's whole life."""
-
-    def websocket_wait():
-        data = ws.wait()
-        if data and len(data) > self.server.max_http_buffer_size:
-            raise ValueError("packet is too large")
-        return data
+    started on demand (wake_writer) instead of once for the connection's whole life, and that its reading loop
+    (read_packets) may hand an idle WebSocket to patches/idle_websockets.py (PARK_WHEN_IDLE)."""
 
     # try to set a socket timeout matching the configured ping interval and timeout
     for attr in ["_sock", "socket"]:  # pragma: no cover
@@ -84,7 +93,7 @@ def on_demand_handler(self, ws):
         # the socket was already connected, so this is an upgrade
         self.upgrading = True  # hold packet sends during the upgrade
 
-        pkt = websocket_wait()
+        pkt = websocket_wait(self, ws)
         decoded_pkt = packet.Packet(encoded_packet=pkt)
         if decoded_pkt.packet_type != packet.PING or decoded_pkt.data != "probe":
             self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
@@ -93,7 +102,7 @@ def on_demand_handler(self, ws):
         ws.send(packet.Packet(packet.PONG, data="probe").encode())
         self.queue.put(packet.Packet(packet.NOOP))  # end poll
 
-        pkt = websocket_wait()
+        pkt = websocket_wait(self, ws)
         decoded_pkt = packet.Packet(encoded_packet=pkt)
         if decoded_pkt.packet_type != packet.UPGRADE:
             self.upgraded = False
@@ -115,31 +124,53 @@ def on_demand_handler(self, ws):
 
         self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
 
-        while True:
-            p = None
-            try:
-                p = websocket_wait()
-            except Exception as e:
-                # if the socket is already closed, we can assume this is a downstream error of that
-                if not self.closed:  # pragma: no cover
-                    self.server.logger.info('%s: Unexpected error "%s", closing connection', self.sid, str(e))
-                break
-            if p is None:
-                # connection closed by client
-                break
-            pkt = packet.Packet(encoded_packet=p)
-            try:
-                self.receive(pkt)
-            except exceptions.UnknownPacketError:  # pragma: no cover
-                pass
-            except exceptions.SocketIsClosedError:  # pragma: no cover
-                self.server.logger.info("Receive error -- socket is closed")
-                break
-            except:  # noqa: E722  # pragma: no cover
-                # if we get an unexpected exception we log the error and exit the connection properly
-                self.server.logger.exception("Unknown receive error")
-                break
+        park_when_idle = PARK_WHEN_IDLE[0]
+        if park_when_idle is not None and park_when_idle(self, ws):
+            return []  # parked: its IdleReader reads on, and ends it (end_reading), in greenlets of its own
+        read_packets(self, ws)
+    except BaseException:
+        self.writer_ws, self.writer_done = None, True
+        raise
+    end_reading(self)
+    return []
 
+
+def read_packets(self, ws, idle=None):
+    """engineio's reading loop (in its _websocket_handler); returns True if it stopped because idle() said the
+    next read would wait, False once the connection ended."""
+    while True:
+        if idle is not None and idle():
+            return True
+        p = None
+        try:
+            p = websocket_wait(self, ws)
+        except Exception as e:
+            # if the socket is already closed, we can assume this is a downstream error of that
+            if not self.closed:  # pragma: no cover
+                self.server.logger.info('%s: Unexpected error "%s", closing connection', self.sid, str(e))
+            break
+        if p is None:
+            # connection closed by client
+            break
+        pkt = packet.Packet(encoded_packet=p)
+        try:
+            self.receive(pkt)
+        except exceptions.UnknownPacketError:  # pragma: no cover
+            pass
+        except exceptions.SocketIsClosedError:  # pragma: no cover
+            self.server.logger.info("Receive error -- socket is closed")
+            break
+        except:  # noqa: E722  # pragma: no cover
+            # if we get an unexpected exception we log the error and exit the connection properly
+            self.server.logger.exception("Unknown receive error")
+            break
+    return False
+
+
+def end_reading(self):
+    """The end of engineio's _websocket_handler once its reading loop stopped: the writer writes what is queued
+    and ends, then the socket closes."""
+    try:
         self.queue.put(None)  # unlock the writer task so that it can exit
         wake_writer(self)
         if self.writer_task is not None:
@@ -147,8 +178,6 @@ def on_demand_handler(self, ws):
     finally:
         self.writer_ws, self.writer_done = None, True
     self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-
-    return []
 
 
 def wake_writer(sock, until_none=False):
@@ -290,6 +319,7 @@ def install(socketio, app, settings):
     engineio_socket.Socket.writer_task = None
     engineio_socket.Socket.writer_done = False
     WRITER_ON_DEMAND[0] = settings.websocket_writer_on_demand
+    PARK_WHEN_IDLE[0] = None  # patches/idle_websockets.py, installed after this module, sets it
     engineio_socket.Socket.send = send if enabled else ENGINEIO_SEND
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE
