@@ -21,8 +21,8 @@ bind = [os.getenv("BIND") or f"{host}:{port}"]
 wsgi_app = "wsgi:app"
 worker_class = WEBSOCKET_WORKER
 workers = 1
-# Each WebSocket holds one greenlet, a polling client up to two: this caps clients per instance
-# (memory per client: docs/performance.md#memory-per-connection). Keep HAProxy's APP_MAXCONN below it.
+# Connections with a greenlet: requests, polling clients, WebSockets while read (an idle one holds none,
+# patches/idle_websockets.py). HAProxy's APP_MAXCONN, kept below it, caps an instance's open WebSockets.
 worker_connections = int(os.getenv("WORKER_CONNECTIONS", "5000"))
 # The gevent loop heartbeats while sockets are open, so this only catches a truly stuck worker.
 timeout = int(os.getenv("TIMEOUT", "60"))

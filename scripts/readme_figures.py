@@ -295,7 +295,7 @@ def goals_table():
             and shipped["alive_after_hold"] == shipped["clients"],
         )
     # memory is judged where it matters, thousands of clients per process (issue #18): bench/run's memory_curve
-    curve = load(MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE)
+    curve = load(latest_curve())
     for n in (5000, 10000):
         t, nd = (
             curve["memory_curve_medians"].get(s, {}).get(str(n), {}).get("app_kb_per_conn")
@@ -388,18 +388,29 @@ def tuning_table():
 
 
 MEMORY_CURVE = "memory-curve/latest.json"  # bench/run --scenarios memory_curve --out bench/results/memory-curve
-MEMORY_CURVE_AFTER = "memory-curve-after/latest.json"  # the same after the cut (--systems template,node)
+MEMORY_CURVE_AFTER = "memory-curve-after/latest.json"  # the same after the first cut (--systems template,node)
+MEMORY_CURVE_PARKED = "memory-curve-parked/latest.json"  # after the second cut, idle WebSockets parked
 MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py --env WEBSOCKET_WRITER_ON_DEMAND=false
-MEMORY_BREAKDOWN_AFTER = "memory-breakdown-on-demand.json"  # scripts/memory_breakdown.py, as shipped
+MEMORY_BREAKDOWN_AFTER = "memory-breakdown-on-demand.json"  # --env SPEEDUPS_SKIP=idle_websockets (the first cut)
+MEMORY_BREAKDOWN_PARKED = "memory-breakdown-parked.json"  # scripts/memory_breakdown.py, as shipped
+# (file, title) of each curve, oldest first; the last one that exists is the template as shipped
+MEMORY_CURVES = (
+    (MEMORY_CURVE, "Before the cuts (the template as it was on main)"),
+    (MEMORY_CURVE_AFTER, "After the first cut (the writer greenlet on demand)"),
+    (MEMORY_CURVE_PARKED, "After the second cut (idle WebSockets parked, as shipped now)"),
+)
+
+
+def latest_curve():
+    """The memory curve of the template as shipped: the last of MEMORY_CURVES that was measured."""
+    return [name for name, _ in MEMORY_CURVES if (ROOT / "bench" / "results" / name).exists()][-1]
 
 
 def memory_curve_note():
-    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve), before the cut and, once
-    measured, after it."""
-    text = curve_note(MEMORY_CURVE, "Before the cut (the template as it was on main)")
-    if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists():
-        text += "\n\n" + curve_note(MEMORY_CURVE_AFTER, "After the cut (the writer greenlet on demand, as shipped now)")
-    return text
+    """docs/performance.md, Memory per connection: the curve (bench/run's memory_curve), before and after each cut."""
+    return "\n\n".join(
+        curve_note(name, title) for name, title in MEMORY_CURVES if (ROOT / "bench" / "results" / name).exists()
+    )
 
 
 def curve_note(name, title):
@@ -419,30 +430,35 @@ def curve_note(name, title):
 
 
 def memory_breakdown_note():
-    """docs/performance.md, Where it goes: scripts/memory_breakdown.py's result."""
-    doc = load(MEMORY_BREAKDOWN)
-    after = load(MEMORY_BREAKDOWN_AFTER)
+    """docs/performance.md, Where it goes: scripts/memory_breakdown.py's results, before and after each cut."""
+    files = [MEMORY_BREAKDOWN, MEMORY_BREAKDOWN_AFTER, MEMORY_BREAKDOWN_PARKED]
+    docs = [load(name) for name in files if (ROOT / "bench" / "results" / name).exists()]
+    doc = docs[-1]  # the tables by holder, site and session state: what is left to cut
     kb = lambda b: f"{b / 1024:.2f}"  # noqa: E731
-    both = lambda key, f=kb: f"{f(doc[key])} | {f(after[key])}"  # noqa: E731
+    every = lambda key, f=kb: " | ".join(f(d[key]) for d in docs)  # noqa: E731
+    titles = ["writer as before", "writer on demand (first cut)", "parked (second cut, shipped)"][: len(docs)]
+    runs = "; ".join(
+        f"`bench/results/{name}` ({d['date'][:10]}, `{d['command'].strip()}`: {title})"
+        for name, d, title in zip(files, docs, titles, strict=False)
+    )
     lines = [
-        f"From `bench/results/{MEMORY_BREAKDOWN}` ({doc['date'][:10]}, `{doc['command'].strip()}`: the writer "
-        f"greenlet as before the cut) and `bench/results/{MEMORY_BREAKDOWN_AFTER}` (`{after['command'].strip()}`: "
-        f"as shipped now): one instance holding {doc['websocket']:,} and {after['websocket']:,} idle WebSocket "
-        "clients. The RSS here is measured with tracemalloc on and the clients connected straight to the instance, "
-        "so compare it within this table, not with the curve above. Per connection:",
+        f"From {runs}: one instance holding {docs[0]['websocket']:,} idle WebSocket clients each time (the first "
+        "cut's file was made before the second cut existed, when it was the template as shipped). The RSS here "
+        "is measured with tracemalloc on and the clients connected straight to the instance, so compare it within "
+        "this table, not with the curve above. Per connection:",
         "",
-        "| what | writer as before, KB | writer on demand (shipped), KB |",
-        "| --- | ---: | ---: |",
-        f"| worker RSS added (tracemalloc's own bookkeeping left out) | {both('rss_bytes_per_conn')} |",
+        "| what | " + " | ".join(f"{t}, KB" for t in titles) + " |",
+        "| --- |" + " ---: |" * len(docs),
+        f"| worker RSS added (tracemalloc's own bookkeeping left out) | {every('rss_bytes_per_conn')} |",
         "| of which traced by tracemalloc (Python's allocators: objects, buffers, greenlet stacks) | "
-        f"{both('traced_bytes_per_conn')} |",
+        f"{every('traced_bytes_per_conn')} |",
         "| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation, greenlets' "
-        f"Python frame stacks) | {both('untraced_bytes_per_conn')} |",
-        f"| greenlets alive per connection (count) | {both('greenlets_per_conn', lambda v: f'{v:.2f}')} |",
+        f"Python frame stacks) | {every('untraced_bytes_per_conn')} |",
+        f"| greenlets alive per connection (count) | {every('greenlets_per_conn', lambda v: f'{v:.2f}')} |",
         "| their saved C stacks (greenlet `_stack_saved`, within *traced*) | "
-        f"{both('greenlet_stack_bytes_per_conn')} |",
+        f"{every('greenlet_stack_bytes_per_conn')} |",
         "",
-        "The rest describes the writer as before:",
+        f"The rest describes the last column ({titles[-1]}):",
         "",
         "Traced bytes per connection by holder (the first frame of each allocation's traceback that names a "
         "library or a part of the template, `HOLDERS` in the script):",
@@ -535,8 +551,7 @@ def headline():
         + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
         + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
     )
-    name = MEMORY_CURVE_AFTER if (ROOT / "bench" / "results" / MEMORY_CURVE_AFTER).exists() else MEMORY_CURVE
-    curve = load(name)
+    curve = load(latest_curve())
     cm = curve["memory_curve_medians"]
     at = lambda s, n: cm.get(s, {}).get(str(n), {}).get("app_kb_per_conn")  # noqa: E731
     if None not in (at("template", 5000), at("node", 5000), at("template", 10000), at("node", 10000)):
@@ -554,12 +569,19 @@ def headline():
 
 # bench/ab_report.py's summaries of the speedups' A/Bs, the later first: a variant's figures (and the A/A
 # spread beside them) come from the first file that measured it.
-AB_FILES = ("memory-ab/latest-ab.json", "speedups-ab2/latest-ab.json", "speedups-ab/latest-ab.json")
+AB_FILES = (
+    "memory-ab2/latest-ab.json",
+    "memory-ab/latest-ab.json",
+    "speedups-ab2/latest-ab.json",
+    "speedups-ab/latest-ab.json",
+)
+MEMORY_AB_FILES = AB_FILES[:2]  # the A/Bs with memory_curve (issue #18), the later first
 AA = "template+SPEEDUPS=on"  # the template again: its ratios are the run-to-run spread
 METRIC_LABELS = {
     "app_cpu_ms_per_1000": "app CPU per message",
     "echo_per_s": "throughput",
     "app_rss_kb_per_conn": "app memory per connection",
+    "app_kb_per_conn": "app memory per idle connection",
 }
 # A speedup stays when leaving it off costs this much or more on its row (median), and more than the A/A spread.
 KEEP_AT = 0.03
@@ -591,6 +613,7 @@ SETTING_VARIANTS = {
 # not slow down. bench/results/memory-ab.
 MEMORY_ECHO_AB = "memory-ab-echo/latest-ab.json"  # echo_ws only, more runs: bench/results/memory-ab-echo
 MEMORY_VARIANTS = {
+    "template+SPEEDUPS_SKIP=idle_websockets": "idle_websockets (an idle WebSocket parked, without a greenlet)",
     "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
 }
 
@@ -671,8 +694,8 @@ def speedups_tables():
             )
         ]
         lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
-    memory_ab = load(AB_FILES[0]) if (ROOT / "bench" / "results" / AB_FILES[0]).exists() else {}
-    if memory_ab:
+    memory_abs = [name for name in MEMORY_AB_FILES if (ROOT / "bench" / "results" / name).exists()]
+    if memory_abs:
         rows = [
             (f"memory_curve_{n}", "app_kb_per_conn", f"{n:,} clients: app KB/conn") for n in (1000, 5000, 10000)
         ] + [
@@ -682,19 +705,25 @@ def speedups_tables():
         lines += [
             "",
             "**Memory per idle connection** (`memory_curve`: 2 processes, 1,000, 5,000 and 10,000 WebSocket clients; "
-            f"`bench/results/{AB_FILES[0]}`), variant ÷ template in the same run, and the rows it must not slow "
-            "down; *A/A* is the template against itself:",
+            + ", ".join(f"`bench/results/{name}`" for name in memory_abs)
+            + "), variant ÷ template in the same run, and the rows it must not slow down; each variant is followed "
+            "by the A/A of its own A/B (the template against itself):",
             "",
             "| variant | turns off | " + " | ".join(label for _, _, label in rows) + " |",
             "|---|---|" + "---|" * len(rows),
         ]
-        for variant, what in [*MEMORY_VARIANTS.items(), (AA, "nothing (A/A: the run-to-run spread)")]:
-            cells = []
-            for scenario, metric, _ in rows:
-                figures = memory_ab.get(variant, {}).get(scenario, {}).get(metric)
-                runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
-                cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
-            lines.append(f"| `{variant[len('template+') :]}` | {what} | " + " | ".join(cells) + " |")
+        for variant, what in MEMORY_VARIANTS.items():
+            source = next((name for name in memory_abs if variant in load(name)), None)
+            if source is None:
+                continue
+            memory_ab = load(source)
+            for shown, label in ((variant, what), (AA, f"nothing (A/A of `{source.split('/')[0]}`)")):
+                cells = []
+                for scenario, metric, _ in rows:
+                    figures = memory_ab.get(shown, {}).get(scenario, {}).get(metric)
+                    runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
+                    cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
+                lines.append(f"| `{shown[len('template+') :]}` | {label} | " + " | ".join(cells) + " |")
         echo_path = ROOT / "bench" / "results" / MEMORY_ECHO_AB
         if echo_path.exists():  # the echo row again, with more runs: its spread above is wide
             echo_ab = load(MEMORY_ECHO_AB)

@@ -18,7 +18,7 @@ from geventwebsocket.handler import WebSocketHandler
 from greenlet import greenlet
 
 from application.config import Settings
-from patches import idle_websockets, connection_memory, websocket_speedups
+from patches import connection_memory, idle_websockets, websocket_speedups
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 

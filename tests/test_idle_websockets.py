@@ -125,17 +125,27 @@ def test_an_idle_websocket_holds_no_greenlet(server):
     """20 idle clients: parked, no greenlet each; the control holds one each (its reader waiting in recv)."""
     clients = [Client(server)]  # the first one also starts engineio's service task
     settle()
-    before = reading_greenlets()
+    before, kept_before = reading_greenlets(), len(idle_websockets.READERS.waiting)
     clients += [Client(server) for _ in range(20)]
     settle()
     held = reading_greenlets() - before
     if server.parking:
         assert held == 0
+        readers = [o for o in gc.get_objects() if isinstance(o, idle_websockets.IdleReader)]
+        assert len(readers) == 21
+        for reader in readers:  # parked without its read buffer, nor the upgrade request's environ
+            assert reader.rfile is None and reader.watcher.active
+            assert reader.handler.environ is None and reader.ws.environ is None
     else:
         assert held == 20
     for client in clients:  # they still answer after the wait
         client.send('421["echo","after idling"]')
         assert client.text() == '431["after idling"]'
+    if server.parking:  # read by kept greenlets, one after the other: not a greenlet made per message
+        kept = len(idle_websockets.READERS.waiting)
+        assert 1 <= kept <= 3
+        assert reading_greenlets() - before == kept - kept_before
+    for client in clients:
         client.close()
 
 
