@@ -611,7 +611,8 @@ SETTING_VARIANTS = {
 }
 # Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
 # not slow down. bench/results/memory-ab.
-MEMORY_ECHO_AB = "memory-ab-echo/latest-ab.json"  # echo_ws only, more runs: bench/results/memory-ab-echo
+# echo_ws only, more runs: bench/results/memory-ab2-echo (idle_websockets), memory-ab-echo (the writer on demand)
+MEMORY_ECHO_ABS = ("memory-ab2-echo/latest-ab.json", "memory-ab-echo/latest-ab.json")
 MEMORY_VARIANTS = {
     "template+SPEEDUPS_SKIP=idle_websockets": "idle_websockets (an idle WebSocket parked, without a greenlet)",
     "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
@@ -724,16 +725,17 @@ def speedups_tables():
                     runs = "/".join(f"{v:.3f}" for v in figures["runs"]) if figures else ""
                     cells.append(f"**{figures['median']:.3f}** ({runs})" if figures else "not measured")
                 lines.append(f"| `{shown[len('template+') :]}` | {label} | " + " | ".join(cells) + " |")
-        echo_path = ROOT / "bench" / "results" / MEMORY_ECHO_AB
-        if echo_path.exists():  # the echo row again, with more runs: its spread above is wide
-            echo_ab = load(MEMORY_ECHO_AB)
+        for echo_name in MEMORY_ECHO_ABS:  # the echo row again, with more runs: its spread above is wide
+            if not (ROOT / "bench" / "results" / echo_name).exists():
+                continue
+            echo_ab = load(echo_name)
             for variant in [*MEMORY_VARIANTS, AA]:
                 cpu = echo_ab.get(variant, {}).get("echo_ws", {}).get("app_cpu_ms_per_1000")
                 rate = echo_ab.get(variant, {}).get("echo_ws", {}).get("echo_per_s")
                 if cpu and rate:
                     lines.append("")
                     lines.append(
-                        f"`{variant[len('template+') :]}` on echo_ws again (`bench/results/{MEMORY_ECHO_AB}`, "
+                        f"`{variant[len('template+') :]}` on echo_ws again (`bench/results/{echo_name}`, "
                         f"{len(cpu['runs'])} runs): app CPU per message **{cpu['median']:.3f}** "
                         f"({'/'.join(f'{v:.3f}' for v in cpu['runs'])}), throughput **{rate['median']:.3f}** "
                         f"({'/'.join(f'{v:.3f}' for v in rate['runs'])})."
