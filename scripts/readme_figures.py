@@ -454,7 +454,8 @@ def memory_breakdown_note():
         f"{every('traced_bytes_per_conn')} |",
         "| of which not traced (C allocations: libev watchers, allocator overhead, fragmentation, greenlets' "
         f"Python frame stacks) | {every('untraced_bytes_per_conn')} |",
-        f"| greenlets alive per connection (count) | {every('greenlets_per_conn', lambda v: f'{v:.2f}')} |",
+        "| greenlets alive per connection (count) | "
+        f"{every('greenlets_per_conn', lambda v: f'{round(v, 2) + 0.0:.2f}')} |",
         "| their saved C stacks (greenlet `_stack_saved`, within *traced*) | "
         f"{every('greenlet_stack_bytes_per_conn')} |",
         "",
