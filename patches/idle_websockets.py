@@ -6,10 +6,12 @@ of an idle connection's memory (scripts/memory_breakdown.py, docs/performance.md
 Here, once the WebSocket is upgraded, its reader reads while bytes are there, and when the next read would
 wait (nothing buffered, nothing in the kernel) it parks instead: an I/O watcher of gevent's loop waits for the
 socket to become readable, and the greenlet returns, as when a connection ends, except that the socket stays
-open (it keeps its buffered reader, which holds the socket open as the standard library's makefile() does).
-When bytes arrive, a new greenlet reads them with python-engineio's loop (patches/websocket_writes.py
-read_packets) until it would wait again; when the connection ends, it does what gevent-websocket's and
-pywsgi's handler do at the end of a WebSocket: close it, drop it from the server's clients, close the socket.
+open (its raw reader holds it open, as the standard library's makefile() does). While parked, the WebSocket
+keeps no read buffer (a new one is made when bytes arrive) and no reference to its upgrade request's environ.
+When bytes arrive, a kept greenlet (ReaderGreenlets) reads them with python-engineio's loop
+(patches/websocket_writes.py read_packets) until it would wait again; when the connection ends, it does what
+gevent-websocket's and pywsgi's handlers do at the end of a WebSocket: close it, drop it from the server's
+clients, close the socket.
 
 The packets a client sends are read, in order, by one greenlet at a time, as before: the watcher is stopped
 while a reader runs. Handlers see the same `request` (python-socketio's saved environ), session and rooms.
