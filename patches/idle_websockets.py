@@ -19,8 +19,9 @@ gunicorn's WORKER_CONNECTIONS no longer counts parked WebSockets (they hold no g
 APP_MAXCONN still caps the connections of an instance. gunicorn's access log (ACCESS_LOG, off by default) logs
 the upgrade request when its greenlet returns, that is when the WebSocket first parks, not when it closes.
 
-Needs websocket_writes' writer on demand (WEBSOCKET_DIRECT_SEND and WEBSOCKET_WRITER_ON_DEMAND, the default)
-and connection_memory's reads (websocket_speedups.ReadAfterWait): without them it stays off. Same packets,
+Needs websocket_writes' writer on demand (WEBSOCKET_DIRECT_SEND and WEBSOCKET_WRITER_ON_DEMAND, the default),
+which runs only on websocket_speedups' FrameWriter, and connection_memory's reads (websocket_speedups.ReadAfterWait):
+without them it stays off. Same packets,
 same order, same ends as the library's own code: tests/test_idle_websockets.py.
 """
 
@@ -30,7 +31,7 @@ import logging
 import gevent
 import greenlet
 
-from patches import websocket_writes
+from patches import websocket_speedups, websocket_writes
 from patches.websocket_speedups import ReadAfterWait
 
 try:
@@ -57,7 +58,7 @@ class IdleReader:
     def idle(self):
         """True if the next read would wait: nothing buffered in the reader, nothing in the kernel (one
         non-blocking recv() at most, none if the last one emptied the kernel's buffer)."""
-        raw = self.rfile.raw
+        raw = self.raw
         self.would_wait = False
         raw.readinto = self.read_without_wait
         try:
@@ -257,21 +258,23 @@ def run_websocket(self):
 
 VERIFIED = {"gevent-websocket": ("0.10.1",), "gevent": ("26.9.0",), "python-engineio": ("4.15.1",)}
 REPLACES = ["geventwebsocket.handler.WebSocketHandler.run_websocket"]  # connection_memory's, when this is off
-REQUIRES = ("connection_memory", "websocket_writes")  # off without them (one log line), see install()
+REQUIRES = ("websocket_speedups", "connection_memory", "websocket_writes")  # off without them (one log line)
 ROWS = [("memory_curve_5000", "app_kb_per_conn"), ("memory_curve_10000", "app_kb_per_conn")]  # patches/README.md
 PROVEN_BY = "tests/test_idle_websockets.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):
-    """On only on top of websocket_writes' writer on demand and connection_memory's reads (see above)."""
+    """On only on top of websocket_writes' writer on demand (on websocket_speedups' FrameWriter, without which
+    it never runs) and connection_memory's reads (see above)."""
     if WebSocketHandler is None:
         return
+    frames = websocket_speedups.gws.Stream.__init__ is websocket_speedups.stream_init
     writes = websocket_writes.installed_on_demand()
     reads = getattr(WebSocketHandler.__init__, "read_buffer_size", None) is not None
-    if not (writes and reads):
+    if not (frames and writes and reads):
         log.warning(
-            "patch idle_websockets stays off: it needs connection_memory and websocket_writes' writer on demand "
-            "(WEBSOCKET_DIRECT_SEND, WEBSOCKET_WRITER_ON_DEMAND); a WebSocket keeps its greenlet"
+            "patch idle_websockets stays off: it needs websocket_speedups, connection_memory and websocket_writes' "
+            "writer on demand (WEBSOCKET_DIRECT_SEND, WEBSOCKET_WRITER_ON_DEMAND); a WebSocket keeps its greenlet"
         )
         websocket_writes.PARK_WHEN_IDLE[0] = None
         return
