@@ -579,7 +579,7 @@ def curve_sizes(a, cap=None):
     return sizes
 
 
-def curve_points(res, system):
+def curve_points(res):
     """KB per connection at each step of a memory_curve run: (RSS of every app process at the step - RSS of
     the same processes before the first client) / clients connected. App processes only (gunicorn masters
     and workers, Node's and uvicorn's processes); HAProxy and Redis are reported apart."""
@@ -1215,7 +1215,7 @@ def main(argv):
                     except RuntimeError as exc:
                         res = {"error": str(exc)}
                     res.update(run=run, system=system, env=env, processes=a.replicas, haproxy_processes=curve_lbs)
-                    res["points"] = curve_points(res, system)
+                    res["points"] = curve_points(res)
                     doc["memory_curve"].append(res)
                     log(
                         f"  {system}: "

@@ -91,11 +91,7 @@ def probe(probe_dir, name, timeout=180):
     req = Path(probe_dir) / f"{name}.req"
     done = Path(probe_dir) / f"{name}.json"
     req.write_text(name)
-    deadline = time.monotonic() + timeout
-    while not done.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"memory probe did not answer {name} within {timeout}s")
-        time.sleep(0.2)
+    native_stack.wait_for(done.exists, timeout, f"the memory probe to answer {name}", interval=0.2)
     census = json.loads(done.read_text())
     return tracemalloc.Snapshot.load(str(Path(probe_dir) / f"{name}.snap")), census
 

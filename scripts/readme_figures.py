@@ -297,10 +297,7 @@ def goals_table():
     # memory is judged where it matters, thousands of clients per process (issue #18): bench/run's memory_curve
     curve = load(latest_curve())
     for n in (5000, 10000):
-        t, nd = (
-            curve["memory_curve_medians"].get(s, {}).get(str(n), {}).get("app_kb_per_conn")
-            for s in ("template", "node")
-        )
+        t, nd = curve_kb(curve, "template", n), curve_kb(curve, "node", n)
         if t is not None and nd is not None:
             goal(
                 f"app memory per idle WebSocket client at {n:,} clients on {curve['sizes']['replicas']} processes "
@@ -401,6 +398,11 @@ MEMORY_CURVES = (
 )
 
 
+def curve_kb(curve, system, clients):
+    """A memory curve's median app KB per idle connection of `system` at `clients`, or None."""
+    return curve["memory_curve_medians"].get(system, {}).get(str(clients), {}).get("app_kb_per_conn")
+
+
 def latest_curve():
     """The memory curve of the template as shipped: the last of MEMORY_CURVES that was measured."""
     return [name for name, _ in MEMORY_CURVES if (ROOT / "bench" / "results" / name).exists()][-1]
@@ -431,15 +433,22 @@ def curve_note(name, title):
 
 def memory_breakdown_note():
     """docs/performance.md, Where it goes: scripts/memory_breakdown.py's results, before and after each cut."""
-    files = [MEMORY_BREAKDOWN, MEMORY_BREAKDOWN_AFTER, MEMORY_BREAKDOWN_PARKED]
-    docs = [load(name) for name in files if (ROOT / "bench" / "results" / name).exists()]
+    measured = [
+        (name, load(name), title)
+        for name, title in (
+            (MEMORY_BREAKDOWN, "writer as before"),
+            (MEMORY_BREAKDOWN_AFTER, "writer on demand (first cut)"),
+            (MEMORY_BREAKDOWN_PARKED, "parked (second cut, shipped)"),
+        )
+        if (ROOT / "bench" / "results" / name).exists()
+    ]
+    docs = [d for _, d, _ in measured]
+    titles = [title for _, _, title in measured]
     doc = docs[-1]  # the tables by holder, site and session state: what is left to cut
     kb = lambda b: f"{b / 1024:.2f}"  # noqa: E731
     every = lambda key, f=kb: " | ".join(f(d[key]) for d in docs)  # noqa: E731
-    titles = ["writer as before", "writer on demand (first cut)", "parked (second cut, shipped)"][: len(docs)]
     runs = "; ".join(
-        f"`bench/results/{name}` ({d['date'][:10]}, `{d['command'].strip()}`: {title})"
-        for name, d, title in zip(files, docs, titles, strict=False)
+        f"`bench/results/{name}` ({d['date'][:10]}, `{d['command'].strip()}`: {title})" for name, d, title in measured
     )
     lines = [
         f"From {runs}: one instance holding {docs[0]['websocket']:,} idle WebSocket clients each time (the first "
@@ -553,8 +562,7 @@ def headline():
         + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
     )
     curve = load(latest_curve())
-    cm = curve["memory_curve_medians"]
-    at = lambda s, n: cm.get(s, {}).get(str(n), {}).get("app_kb_per_conn")  # noqa: E731
+    at = lambda s, n: curve_kb(curve, s, n)  # noqa: E731
     if None not in (at("template", 5000), at("node", 5000), at("template", 10000), at("node", 10000)):
         text += (
             f" Memory at the counts deployments run (`bench/run --scenarios memory_curve`, template "
@@ -610,25 +618,27 @@ SETTING_VARIANTS = {
     "template+IDLE_EVENT_GREENLETS=0": "inline_handlers' reused event greenlets (since removed)",
     "template+SPEEDUPS=off": "every speedup of the A/B (the removed ones too)",
 }
-# Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
-# not slow down. bench/results/memory-ab.
 # echo_ws only, more runs: bench/results/memory-ab2-echo (idle_websockets), memory-ab-echo (the writer on demand)
 MEMORY_ECHO_ABS = ("memory-ab2-echo/latest-ab.json", "memory-ab-echo/latest-ab.json")
+# Measured on bench/run's memory_curve (issue #18): memory per idle connection at each size, and the rows it must
+# not slow down (MEMORY_AB_FILES).
 MEMORY_VARIANTS = {
     "template+SPEEDUPS_SKIP=idle_websockets": "idle_websockets (an idle WebSocket parked, without a greenlet)",
     "template+WEBSOCKET_WRITER_ON_DEMAND=false": "websocket_writes' writer on demand (the setting within it)",
 }
 
 
+def ab_source_name(variant, files=AB_FILES):
+    """The first of `files` (the later A/Bs first) that measured this variant (with its own A/A), or None."""
+    return next(
+        (name for name in files if (ROOT / "bench" / "results" / name).exists() and variant in load(name)), None
+    )
+
+
 def ab_source(variant):
     """The A/B summary that measured this variant last (with its own A/A), or {}."""
-    for name in AB_FILES:
-        if not (ROOT / "bench" / "results" / name).exists():
-            continue
-        ab = load(name)
-        if variant in ab:
-            return ab
-    return {}
+    name = ab_source_name(variant)
+    return load(name) if name else {}
 
 
 def ab_cell(ab, variant, scenario, metric):
@@ -715,7 +725,7 @@ def speedups_tables():
             "|---|---|" + "---|" * len(rows),
         ]
         for variant, what in MEMORY_VARIANTS.items():
-            source = next((name for name in memory_abs if variant in load(name)), None)
+            source = ab_source_name(variant, memory_abs)
             if source is None:
                 continue
             memory_ab = load(source)
