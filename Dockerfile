@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
 COPY --from=python-deps /opt/venv /opt/venv
 WORKDIR /app
-# app.py, wsgi.py, gunicorn.conf.py, application/, operations/, patches/, templates/, static/ ... filtered by .dockerignore.
+# app.py, wsgi.py, gunicorn.conf.py, application/, deployment/operations/, deployment/patches/, templates/, static/ ... filtered by .dockerignore.
 # Files stay owned by root: the app cannot change its own code (and runs fine on a read-only root).
 COPY . .
 COPY --from=assets /src/static ./static

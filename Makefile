@@ -43,4 +43,4 @@ bench: ## the benchmark (bench/run; ARGS="--quick")
 	bench/run $(ARGS)
 
 screenshot: ## rewrite docs/demo.png from the two-browser test
-	UPDATE_DEMO_SCREENSHOT=1 scripts/test tests/test_demo_page.py -k two_browsers
+	UPDATE_DEMO_SCREENSHOT=1 scripts/test demo/tests/test_demo_page.py -k two_browsers

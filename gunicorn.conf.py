@@ -22,7 +22,7 @@ wsgi_app = "wsgi:app"
 worker_class = WEBSOCKET_WORKER
 workers = 1
 # Connections with a greenlet: requests, polling clients, WebSockets while read (an idle one holds none,
-# patches/idle_websockets.py). HAProxy's APP_MAXCONN, kept below it, caps an instance's open WebSockets.
+# deployment/patches/idle_websockets.py). HAProxy's APP_MAXCONN, kept below it, caps an instance's open WebSockets.
 worker_connections = int(os.getenv("WORKER_CONNECTIONS", "5000"))
 # The gevent loop heartbeats while sockets are open, so this only catches a truly stuck worker.
 timeout = int(os.getenv("TIMEOUT", "60"))
@@ -68,7 +68,7 @@ def on_starting(server):
         sys.exit("gunicorn.conf.py: refusing preload_app: it imports the app before gevent patches it.")
     # Check the app's settings here, in the master, so a bad one is one clear line, not a boot loop.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from application.config import ConfigError, Settings
+    from deployment.settings import ConfigError, Settings
 
     try:
         Settings.from_env()
@@ -90,8 +90,8 @@ def on_starting(server):
 
 def post_worker_init(worker):
     """SIGTERM drains before gunicorn stops: readiness off, then sockets closed over a spread
-    (operations/lifecycle.py); requests go to gunicorn's access log (operations/access_log.py)."""
-    from operations import access_log, lifecycle
+    (deployment/operations/lifecycle.py); requests go to gunicorn's access log (deployment/operations/access_log.py)."""
+    from deployment.operations import access_log, lifecycle
 
     lifecycle.install(worker)
     access_log.install(worker)

@@ -1,2 +1,9 @@
-"""Your application: Socket.IO events (events.py), the demo page (demo.py), login (auth.py), the emit CLI
-(emit_cli.py) and the settings read from the environment (config.py). Add your own modules here."""
+"""Your application: everything here is yours to edit, replace or delete.
+
+    extensions.py  the SocketIO object (import it from here, never from app.py)
+    settings.py    your settings, read from environment variables
+    events.py      your Socket.IO events
+    routes.py      your Flask routes
+
+app.py's create_app() puts them together with the deployment layer (deployment/) and the demo (demo/).
+"""

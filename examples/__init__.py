@@ -1,1 +1,1 @@
-"""The code that docs/extending.md walks through, kept runnable: tests/test_examples_extending.py tests it."""
+"""The code that docs/extending.md walks through, kept runnable: tests/deployment/test_examples_extending.py tests it."""

@@ -29,20 +29,22 @@ pip_install() {
   "$PY" -m pip install -q --disable-pip-version-check -r "$file" >&2 && touch "$stamp"
 }
 
-# Node packages (socket.io-client for the demo page and the Node test client), once per lock change.
+# Node packages of a folder with a package-lock.json (demo/: the page's socket.io client; tests/deployment/node/: the
+# Node test clients), once per lock change, then its `npm run build` if it has one. A missing folder is fine.
 npm_install() {
-  local stamp
-  stamp=$REPO/node_modules/.installed-$(sha256sum "$REPO/package-lock.json" | cut -c1-16)
+  local dir=$REPO/${1:-demo} stamp
+  [ -f "$dir/package-lock.json" ] || return 0
+  stamp=$dir/node_modules/.installed-$(sha256sum "$dir/package-lock.json" | cut -c1-16)
   if [ ! -f "$stamp" ]; then
-    echo "bootstrap: npm ci" >&2
-    (cd "$REPO" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$stamp"
+    echo "bootstrap: npm ci in ${dir#$REPO/}" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$stamp"
   fi
-  if grep -q '"build"' "$REPO/package.json"; then
-    (cd "$REPO" && npm run --silent build >&2)
+  if grep -q '"build"' "$dir/package.json"; then
+    (cd "$dir" && npm run --silent build >&2)
   fi
 }
 
-# Headless Chromium and its driver for the demo page's browser tests (tests/test_demo_page.py).
+# Headless Chromium and its driver for the demo page's browser tests (demo/tests/test_demo_page.py).
 need_browser() {
   need_system_packages chromium:chromium chromedriver:chromium-driver
 }

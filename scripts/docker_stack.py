@@ -1,5 +1,5 @@
 """The compose stack driven from Python: a Docker engine, the stand-in images, and one compose project.
-Used by the Docker tests (tests/test_docker_compose.py, tests/test_docker_swarm.py) and by
+Used by the Docker tests (tests/deployment/test_docker_compose.py, tests/deployment/test_docker_swarm.py) and by
 scripts/measure_docker.py. Everything is reached through the port HAProxy publishes on 127.0.0.1.
 
     engine = DockerEngine.ensure()               # answers, or is started (as root) and stopped by stop()
@@ -120,12 +120,12 @@ def servers_up(metrics):
 
 
 class Fleet:
-    """tests/node/sio-fleet.mjs in the background: Node clients that keep asking which instance serves them.
+    """tests/deployment/node/sio-fleet.mjs in the background: Node clients that keep asking which instance serves them.
     Starts them and waits for its first line (how many are connected and upgraded); result() waits for the rest."""
 
     def __init__(self, url, clients, duration, **options):
         options = {"url": url, "clients": clients, "durationMs": duration * 1000, **options}
-        argv = ["node", str(ROOT / "tests" / "node" / "sio-fleet.mjs"), json.dumps(options)]
+        argv = ["node", str(ROOT / "tests" / "deployment" / "node" / "sio-fleet.mjs"), json.dumps(options)]
         self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.duration = duration
         line = self.process.stdout.readline()

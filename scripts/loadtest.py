@@ -7,7 +7,7 @@ cookie the load balancer or the app sets (HAProxy's prefixed `io`, AWS ALB's `AW
 and sends them on every long-polling request and on the WebSocket upgrade, so it works behind sticky load
 balancers. `--drop-cookies` makes clients that keep none (the control: they fail behind cookie stickiness).
 
-Scenarios (the demo events of application/events.py):
+Scenarios (the demo events of deployment/operations/probes.py):
   connect    clients connect over --ramp-up seconds and stay until --duration; latency = connect time
   echo       each client sends `echo` with an ack in a loop, one in flight, at most --rate per second
              (0: as fast as acks come back); latency = ack round trip
@@ -48,7 +48,7 @@ MAX_CLIENTS = 5000
 MAX_DURATION = 24 * 3600
 FDS_PER_CLIENT = 3  # a long-poll GET and a POST in flight, or the WebSocket plus an idle pooled connection
 SCENARIOS = ("connect", "echo", "broadcast")
-# echo: the template's per-connection limit is EVENT_RATE=50 packets/s (operations/limits.py); stay under it
+# echo: the template's per-connection limit is EVENT_RATE=50 packets/s (deployment/operations/limits.py); stay under it
 DEFAULT_RATE = {"echo": 10.0, "broadcast": 1.0}
 TRANSPORTS = {"polling": ["polling"], "websocket": ["polling", "websocket"]}
 
@@ -244,7 +244,7 @@ class SimClient:
             self.run.error(f"disconnected: {reason or 'unknown reason'}")
 
     def on_server_error(self, data=None):
-        # the template's `error` event (operations/limits.py: rate limit, malformed packet)
+        # the template's `error` event (deployment/operations/limits.py: rate limit, malformed packet)
         text = data.get("error", data) if isinstance(data, dict) else data
         self.run.error(f"server error event: {text}")
 

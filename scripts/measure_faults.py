@@ -1,5 +1,5 @@
 """Fault scenarios against a real native stack (HAProxy, Redis, gunicorn instances, python-socketio clients),
-measured. tests/test_faults.py runs them small and asserts on the results; this script runs them at a
+measured. tests/deployment/test_faults.py runs them small and asserts on the results; this script runs them at a
 larger size and writes the figures:
 
     .venv/bin/python scripts/measure_faults.py            # docs/faults.json + the table in docs/operations.md
@@ -40,7 +40,7 @@ from rolling_restart import restart_instance  # noqa: E402
 
 DOCS = ROOT / "docs"
 FAULTS_JSON = DOCS / "faults.json"
-OPERATIONS_MD = DOCS / "operations.md"
+OPERATIONS_MD = DOCS / "deployment.operations.md"
 TABLE_BEGIN = "<!-- fault table: written by scripts/measure_faults.py, do not edit -->"
 TABLE_END = "<!-- end of fault table -->"
 

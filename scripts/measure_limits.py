@@ -1,5 +1,5 @@
 """HAProxy's per-address limits (haproxy/haproxy.cfg, docs/operations.md#per-address-limits), measured on a real
-native stack with real clients. tests/test_per_address_limits.py uses these scenarios with the shipped defaults;
+native stack with real clients. tests/deployment/test_per_address_limits.py uses these scenarios with the shipped defaults;
 this script runs them with every limit lifted and reports what honest clients from ONE address make, as HAProxy
 itself counts it (its stick tables, sampled every 200 ms), which is what the defaults were chosen from:
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure_faults import stack_env  # noqa: E402
 from native_stack import ROOT, Stack, free_port, haproxy_command, haproxy_stats  # noqa: E402
 
-NODE_ECHOERS = ROOT / "tests" / "node" / "sio-echoers.mjs"
+NODE_ECHOERS = ROOT / "tests" / "deployment" / "node" / "sio-echoers.mjs"
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 # every per-address limit so high that nothing is refused: what is measured is what clients make
 LIFTED = {
@@ -58,7 +58,7 @@ def shipped_default(name):
 
 
 def node_available():
-    return bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
+    return bool(shutil.which("node")) and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()
 
 
 # --- HAProxy's own counts ---------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def raw_get(url, path, source, headers=(), timeout=5):
 
 
 def run_node_echoers(url, on_connected=None, **options):
-    """tests/node/sio-echoers.mjs in one Node process; on_connected(line) is called once every client has
+    """tests/deployment/node/sio-echoers.mjs in one Node process; on_connected(line) is called once every client has
     connected. Returns its summary (plus the connected line as `ready`)."""
     bound = options["durationMs"] / 1000 + 20
     proc = subprocess.Popen(

@@ -1,11 +1,11 @@
 """Connection state recovery against a real native stack (HAProxy, Redis, gunicorn instances), with Node's
-socket.io-client as the room's members and a python-socketio client as the sender. tests/test_recovery.py runs
+socket.io-client as the room's members and a python-socketio client as the sender. tests/deployment/test_recovery.py runs
 these scenarios small and asserts on them; this script runs them and writes the figures:
 
     .venv/bin/python scripts/measure_recovery.py              # bench/results/recovery/latest.json
     .venv/bin/python scripts/measure_recovery.py --no-write   # print only
 
-Two parts. The faults: a sender says numbered messages to a room at `rate` per second; members (tests/node/
+Two parts. The faults: a sender says numbered messages to a room at `rate` per second; members (tests/deployment/node/
 recovery-member.mjs) record what they get; then a fault hits the members of one instance (not the sender's):
 `kill` (kill -9), `restart` (a graceful restart: drain, then the instance closes its sockets), `cut` (HAProxy
 cuts that instance's sessions and refuses new ones for `cut_s` seconds, the instance stays up), `unsubscribe`
@@ -38,8 +38,8 @@ from measure_faults import stack_env  # noqa: E402
 from native_stack import ROOT, Stack, free_port, haproxy_command  # noqa: E402
 from rolling_restart import restart_instance  # noqa: E402
 
-MEMBER_SCRIPT = ROOT / "tests" / "node" / "recovery-member.mjs"
-ECHOERS_SCRIPT = ROOT / "tests" / "node" / "sio-echoers.mjs"
+MEMBER_SCRIPT = ROOT / "tests" / "deployment" / "node" / "recovery-member.mjs"
+ECHOERS_SCRIPT = ROOT / "tests" / "deployment" / "node" / "sio-echoers.mjs"
 RESULTS = ROOT / "bench" / "results" / "recovery"
 
 
@@ -48,7 +48,7 @@ def epoch_ms():
 
 
 class Member:
-    """One Node room member (tests/node/recovery-member.mjs) in its own process."""
+    """One Node room member (tests/deployment/node/recovery-member.mjs) in its own process."""
 
     def __init__(self, url, room, transports, timeout_s=180):
         options = {"url": url, "room": room, "transports": transports, "timeoutMs": int(timeout_s * 1000)}

@@ -357,7 +357,7 @@ class Stack:
         surplus = sorted(state["apps"], key=lambda app: (alive(app), -slot_number(app["name"])))[:count]
         for app in surplus:
             # no new clients; the ones it has keep reaching it until its graceful stop closes their connections
-            # (operations/lifecycle.py), then they reconnect to the others (option redispatch)
+            # (deployment/operations/lifecycle.py), then they reconnect to the others (option redispatch)
             self.runtime(state, f"set server app/{app['name']} state drain")
         for app in surplus:
             if alive(app):
@@ -461,7 +461,7 @@ class Stack:
         for pid in state["haproxy"].get("previous_pids", []):  # replaced by reload_haproxy, maybe still finishing
             if pid_alive(pid):
                 self.stop_pid(pid, timeout=5)
-        # HAProxy is gone, so there is nothing to drain (operations/lifecycle.py): gunicorn's quick stop (SIGINT),
+        # HAProxy is gone, so there is nothing to drain (deployment/operations/lifecycle.py): gunicorn's quick stop (SIGINT),
         # all instances at the same time
         stoppers = [
             threading.Thread(target=self.stop_pid, args=(app["pid"], 25, signal.SIGINT))

@@ -594,7 +594,7 @@ METRIC_LABELS = {
 }
 # A speedup stays when leaving it off costs this much or more on its row (median), and more than the A/A spread.
 KEEP_AT = 0.03
-# Speedups that the A/B showed not to pay for themselves, removed from patches/: what each replaced.
+# Speedups that the A/B showed not to pay for themselves, removed from deployment.patches/: what each replaced.
 REMOVED_SPEEDUPS = {
     "query_string": (
         "python-engineio's `parse_qs` (`engineio.server.urllib`): a split when nothing needs unquoting",
@@ -659,11 +659,11 @@ def aa_spread(ab, scenario, metric, variant=None):
 
 
 def speedups_tables():
-    """patches/README.md: each replacement, what it replaces, the versions it was verified against, the
+    """deployment/patches/README.md: each replacement, what it replaces, the versions it was verified against, the
     benchmark row it serves with its A/B figure, and the test that proves it answers as the library does."""
     import importlib
 
-    from patches import OPERATIONS_PATCHES, SPEEDUP_NAMES
+    from deployment.patches import OPERATIONS_PATCHES, SPEEDUP_NAMES
 
     ab = load(AB_FILES[-1])
 
@@ -682,7 +682,7 @@ def speedups_tables():
         "|---|---|---|---|---|---|",
     ]
     for name in SPEEDUP_NAMES:
-        module = importlib.import_module(f"patches.{name}")
+        module = importlib.import_module(f"deployment.patches.{name}")
         replaces, verified = described(module)
         variant = f"template+SPEEDUPS_SKIP={name}"
         figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
@@ -759,7 +759,7 @@ def speedups_tables():
         "|---|---|---|---|---|",
     ]
     for name in OPERATIONS_PATCHES:
-        module = importlib.import_module(f"patches.{name}")
+        module = importlib.import_module(f"deployment.patches.{name}")
         replaces, verified = described(module)
         lines.append(f"| `{name}` | {replaces} | {verified} | {module.SERVES} | `{module.PROVEN_BY}` |")
     lines += [
@@ -855,7 +855,7 @@ TARGETS = {
     "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
     "docs/configuration.md": {"recovery-setting": recovery_setting},
     "docs/docker.md": {"docker": docker_report},
-    "patches/README.md": {"speedups": speedups_tables},
+    "deployment/patches/README.md": {"speedups": speedups_tables},
 }
 
 

@@ -1,7 +1,7 @@
 """scripts/rolling-restart: restart every app instance of the native stack, one at a time, without dropping
 clients. For each instance, in order:
 
-1. SIGTERM to its gunicorn: it drains (operations/lifecycle.py): /readyz reports draining, HAProxy's
+1. SIGTERM to its gunicorn: it drains (deployment/operations/lifecycle.py): /readyz reports draining, HAProxy's
    disable-on-404 stops sending it new clients, its open connections are closed one by one over
    CLOSE_SPREAD_SECONDS and their clients reconnect to the other instances; then it exits.
 2. Wait until it has exited (SIGKILL after GRACEFUL_TIMEOUT + 5s, which the drain never needs).

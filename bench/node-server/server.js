@@ -1,5 +1,5 @@
 // Reference server for bench/run: Node socket.io 4.8 + @socket.io/redis-adapter, the same events and
-// `io` cookie as the template (application/events.py), plus /readyz for haproxy/haproxy.cfg's health check.
+// `io` cookie as the template (deployment/operations/probes.py), plus /readyz for haproxy/haproxy.cfg's health check.
 //   PORT=8001 INSTANCE_NAME=node1 REDIS_URL=redis://127.0.0.1:6379/0 node bench/node-server/server.js
 "use strict";
 

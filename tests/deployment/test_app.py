@@ -1,0 +1,137 @@
+"""Unit tests: settings, the io cookie option, demo events (Flask-SocketIO's test client) and routes."""
+
+import pytest
+
+from deployment.settings import ConfigError, CookieSettings, Settings
+
+DEV = {"APP_ENV": "development"}
+
+
+def received(client, name):
+    """Payloads of the events `name` that a test client got (one argument per event here)."""
+    return [
+        e["args"][0] if isinstance(e["args"], list) else e["args"] for e in client.get_received() if e["name"] == name
+    ]
+
+
+def test_production_refuses_missing_or_default_secret_key():
+    for env in ({}, {"SECRET_KEY": "dev"}, {"SECRET_KEY": "changeme"}, {"SECRET_KEY": "short"}):
+        with pytest.raises(ConfigError, match="SECRET_KEY"):
+            Settings.from_env(env)
+    assert Settings.from_env({"SECRET_KEY": "x" * 32}).secret_key == "x" * 32
+    assert Settings.from_env(DEV).development  # development may run without one
+
+
+def test_secret_key_from_file(tmp_path):
+    secret = tmp_path / "secret_key"
+    secret.write_text("s" * 40 + "\n")
+    assert Settings.from_env({"SECRET_KEY_FILE": str(secret)}).secret_key == "s" * 40
+    with pytest.raises(ConfigError, match="SECRET_KEY_FILE"):
+        Settings.from_env({"SECRET_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_cors_wildcard_and_bad_origins_are_refused():
+    with pytest.raises(ConfigError, match=r"CORS_ALLOWED_ORIGINS=\*"):
+        Settings.from_env({**DEV, "CORS_ALLOWED_ORIGINS": "*"})
+    with pytest.raises(ConfigError, match="must start with http"):
+        Settings.from_env({**DEV, "CORS_ALLOWED_ORIGINS": "example.com"})
+    settings = Settings.from_env({**DEV, "CORS_ALLOWED_ORIGINS": "https://a.example, https://b.example"})
+    assert settings.cors_allowed_origins == ("https://a.example", "https://b.example")
+
+
+def test_malformed_numbers_and_booleans_name_the_variable():
+    with pytest.raises(ConfigError, match="PING_INTERVAL"):
+        Settings.from_env({**DEV, "PING_INTERVAL": "soon"})
+    with pytest.raises(ConfigError, match="IO_COOKIE_HTTPONLY"):
+        Settings.from_env({**DEV, "IO_COOKIE_HTTPONLY": "maybe"})
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        Settings.from_env({**DEV, "REDIS_URL": "amqp://localhost"})
+
+
+def test_redis_password_goes_into_url_and_is_masked_in_logs():
+    settings = Settings.from_env({**DEV, "REDIS_URL": "redis://redis:6379/0", "REDIS_PASSWORD": "p@ss"})
+    assert settings.redis_url == "redis://:p%40ss@redis:6379/0"
+    assert "p%40ss" not in str(settings.public_dict())
+
+
+def test_default_io_cookie_option_matches_socketio_js_default():
+    # JS `cookie: true` = {name: "io", path: "/", httpOnly: true, sameSite: "lax"}
+    assert CookieSettings().engineio_option() == {"name": "io", "Path": "/", "HttpOnly": True, "SameSite": "Lax"}
+
+
+def test_effective_config_is_logged_once_with_secrets_masked(caplog):
+    from stack_app import create_app
+
+    secret = "k" * 40
+    with caplog.at_level("INFO", logger="app"):
+        create_app(Settings.from_env({"SECRET_KEY": secret, "INSTANCE_NAME": "unit"}))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("effective config")]
+    assert len(lines) == 1
+    assert secret not in lines[0] and '"secret_key": "***"' in lines[0]
+
+
+def test_echo_whoami_and_rooms_with_test_client(sio_test_client):
+    alice, bob = sio_test_client(), sio_test_client()
+    assert alice.emit("echo", {"a": [1, 2]}, callback=True) == {"a": [1, 2]}
+    assert alice.emit("whoami", callback=True) == "unit"
+    assert alice.emit("join", {"room": "r1"}, callback=True) == {"ok": True, "room": "r1"}
+    assert bob.emit("say", {"room": "r1", "message": "hello"}, callback=True) == {"ok": True}
+    assert [m["message"] for m in received(alice, "message")] == ["hello"]
+    assert received(bob, "message") == []  # bob is not a member
+    assert alice.emit("leave", {"room": "r1"}, callback=True) == {"ok": True, "room": "r1"}
+
+
+def test_session_cookie_is_read_once_and_kept_for_events(app, sio_test_client, monkeypatch):
+    http = app.test_client()
+    assert http.post("/login", json={"name": "carol"}).get_json() == {"user": "carol"}
+    interface = app.session_interface
+    opened = []  # cookie sessions actually read (the serializer is fetched for each)
+    original = type(interface).get_signing_serializer
+    monkeypatch.setattr(interface, "get_signing_serializer", lambda a: opened.append(1) or original(interface, a))
+    client = sio_test_client(flask_test_client=http)
+    assert len(opened) <= 1  # at most at connect (the probes have no connect handler: none needs it yet)
+    assert client.emit("join", {"room": "r2"}, callback=True) == {"ok": True, "room": "r2"}
+    assert client.emit("say", {"room": "r2", "message": "hi"}, callback=True) == {"ok": True}
+    assert [m["user"] for m in received(client, "message")] == ["carol"]  # the session of the handshake
+    assert len(opened) == 1  # read once: later events use Flask-SocketIO's copy, without reading the cookie again
+
+
+def test_broadcast_reaches_every_client(sio_test_client):
+    first, second = sio_test_client(), sio_test_client()
+    first.emit("broadcast", {"n": 1}, callback=True)
+    for client in (first, second):
+        assert received(client, "broadcast") == [{"n": 1}]
+
+
+@pytest.mark.parametrize(
+    "event,data",
+    [
+        ("join", None),
+        ("join", {"room": 5}),
+        ("leave", "r"),
+        ("say", {"room": "r"}),
+        ("say", {"room": "r", "message": 1}),
+    ],
+)
+def test_bad_event_input_gets_an_error_ack(sio_test_client, event, data):
+    client = sio_test_client()
+    reply = client.emit(event, data, callback=True)
+    assert "error" in reply and event in reply["error"]
+    assert client.is_connected()
+
+
+def test_health_routes(app):
+    http = app.test_client()
+    assert http.get("/healthz").get_json() == {"status": "ok", "instance": "unit"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["message_queue"] == "none"
+
+
+def test_readyz_turns_503_while_draining(app):
+    from deployment.operations import health
+
+    health.draining.set()
+    try:
+        assert app.test_client().get("/readyz").status_code == 503
+    finally:
+        health.draining.clear()
