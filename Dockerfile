@@ -5,15 +5,34 @@
 ARG NODE_IMAGE=node:20-bookworm-slim
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- static assets: socket.io-client from package-lock.json -----------------------------------------
+# --- front-end assets ------------------------------------------------------------------------------------
+# Every top-level folder whose package.json has a "build" script gets `npm ci` (from its package-lock.json) and
+# `npm run build` (e.g. a page's socket.io client copied into <folder>/static/vendor/); with no such folder
+# nothing is built and nothing is needed. The same rule as scripts/bootstrap.sh's build_assets natively.
+# First only those package*.json files, in their folders (a COPY wildcard would flatten them, and one that
+# matches nothing fails the classic builder), so `npm ci` stays cached until a lock file changes.
+FROM ${NODE_IMAGE} AS manifests
+WORKDIR /src
+COPY . .
+RUN mkdir /manifests \
+    && for package in */package.json; do \
+         if [ -f "$package" ] && grep -q '"build" *:' "$package"; then \
+           mkdir -p "/manifests/${package%/*}" && cp "${package%/*}"/package*.json "/manifests/${package%/*}/"; \
+         fi; \
+       done
+
 FROM ${NODE_IMAGE} AS assets
 WORKDIR /src
-# The wildcard lets the build go on when the project has no package.json (BuildKit copies nothing).
-COPY package*.json ./
-RUN if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
+COPY --from=manifests /manifests/ ./
+RUN for package in */package.json; do \
+      if [ -f "$package" ]; then (cd "${package%/*}" && npm ci --no-audit --no-fund) || exit 1; fi; \
+    done
 COPY . .
-RUN if [ -f package.json ]; then npm run build; fi \
-    && mkdir -p static
+RUN for package in */package.json; do \
+      if [ -f "$package" ] && [ -d "${package%/*}/node_modules" ]; then \
+        (cd "${package%/*}" && npm run build && rm -rf node_modules) || exit 1; \
+      fi; \
+    done
 
 # --- Python dependencies, pinned in requirements.txt, in a virtualenv copied into the final image -----
 FROM ${PYTHON_IMAGE} AS python-deps
@@ -34,10 +53,10 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
 COPY --from=python-deps /opt/venv /opt/venv
 WORKDIR /app
-# app.py, wsgi.py, gunicorn.conf.py, application/, deployment/operations/, deployment/patches/, templates/, static/ ... filtered by .dockerignore.
+# The build context (app.py, wsgi.py, gunicorn.conf.py, application/, deployment/ ... filtered by .dockerignore)
+# with what the assets stage built in it, without node_modules/.
 # Files stay owned by root: the app cannot change its own code (and runs fine on a read-only root).
-COPY . .
-COPY --from=assets /src/static ./static
+COPY --from=assets /src/ ./
 USER 10001:10001
 EXPOSE 8000
 # Liveness only (no Redis round trip); slim images have no curl, so Python asks. Follows PORT if set.

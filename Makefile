@@ -10,11 +10,11 @@ RUFF := $(VENV)/bin/ruff
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: ## .venv with requirements-dev.txt, and the demo page's socket.io client (npm ci && npm run build)
-	source scripts/bootstrap.sh && pip_install "$$REPO/requirements-dev.txt" && npm_install
+setup: ## .venv with requirements-dev.txt, and the front-end assets (make assets)
+	source scripts/bootstrap.sh && pip_install "$$REPO/requirements-dev.txt" && build_assets
 
-assets: ## npm ci && npm run build: copies socket.io-client into static/vendor/
-	source scripts/bootstrap.sh && npm_install
+assets: ## npm ci && npm run build in each folder whose package.json has a build script
+	source scripts/bootstrap.sh && build_assets
 
 run: ## one development process (python app.py, no Redis) on http://127.0.0.1:5000
 	$(PY) app.py
@@ -28,7 +28,7 @@ stack-down: ## stop the native stack
 stack-status: ## URLs, pids and log folder of the native stack
 	scripts/stack status
 
-test: ## every test, installing what is missing first (scripts/test; ARGS="-k demo" to select)
+test: ## every test, installing what is missing first (scripts/test; ARGS="-k cookies" to select)
 	scripts/test $(ARGS)
 
 lint: ## ruff check and ruff format --check (settings in pyproject.toml)
@@ -42,5 +42,5 @@ format: ## ruff format, then the safe ruff fixes
 bench: ## the benchmark (bench/run; ARGS="--quick")
 	bench/run $(ARGS)
 
-screenshot: ## rewrite docs/demo.png from the two-browser test
-	UPDATE_DEMO_SCREENSHOT=1 scripts/test demo/tests/test_demo_page.py -k two_browsers
+screenshot: ## rewrite docs/demo.png (the README's picture) from the demo's two-browser test
+	UPDATE_DEMO_SCREENSHOT=1 scripts/test -k two_browsers_on_different_instances

@@ -1,19 +1,16 @@
-"""Your app: create_app() puts together your code (application/), the demo (demo/) and the deployment layer.
+"""Your app: create_app() puts together your code (application/) and the deployment layer (deployment/).
 
-    python app.py            one development process on http://127.0.0.1:5000, no Redis, no HAProxy
-    gunicorn (wsgi.py)       one instance of the stack; HAProxy and Redis join the instances (README.md)
+python app.py            one development process on http://127.0.0.1:5000, no Redis, no HAProxy
+gunicorn (wsgi.py)       one instance of the stack; HAProxy and Redis join the instances (README.md)
 """
 
 import os
 
 from flask import Flask
 
-import demo  # the demo page and its /demo chat: delete this line, the demo.init_app line and demo/
+import demo  # the demo chat (delete demo/ and the two lines naming it: README.md, Make it yours)
 from application import events, routes, settings  # noqa: F401  (events registers its handlers on import)
-from application.extensions import socketio
-from deployment.extension import Deployment
-
-deployment = Deployment()  # the deployment layer: Redis queue, io cookie, limits, metrics, health, sign-in
+from application.extensions import deployment, socketio
 
 
 def create_app(deployment_settings=None):

@@ -5,5 +5,5 @@
     events.py      your Socket.IO events
     routes.py      your Flask routes
 
-app.py's create_app() puts them together with the deployment layer (deployment/) and the demo (demo/).
+app.py's create_app() puts them together with the deployment layer (deployment/).
 """

@@ -11,7 +11,7 @@ from application.extensions import socketio
 
 @socketio.on("greet")
 def greet(data=None):
-    """{"name": "<text>"} -> ack "Hello, <name>!"; also tells every other client of this room-less app."""
+    """{"name": "<text>"} -> ack "Hello, <name>!"; every other client gets `greeted` (on every instance)."""
     name = data.get("name") if isinstance(data, dict) else None
     if not isinstance(name, str) or not name.strip():
         return {"error": "greet needs {'name': '<non-empty string>'}"}

@@ -10,8 +10,8 @@ bp = Blueprint("routes", __name__, url_prefix="/api")
 @bp.post("/announce")
 def announce():
     """{"text": "<text>"} -> `announcement` to every client of the default namespace, on every instance."""
-    data = request.get_json(silent=True) or {}
-    text = data.get("text")
+    data = request.get_json(silent=True)  # None when the body is not JSON
+    text = data.get("text") if isinstance(data, dict) else None
     if not isinstance(text, str) or not text.strip():
         return jsonify(error="announce needs {'text': '<non-empty string>'}"), 400
     limit = current_app.config["ANNOUNCEMENT_MAX_LENGTH"]

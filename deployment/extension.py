@@ -1,6 +1,5 @@
 """Deployment, the deployment layer's Flask extension (deployment/__init__.py says what it adds)."""
 
-
 import os
 
 from flask import Flask

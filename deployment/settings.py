@@ -177,11 +177,11 @@ class Settings:
     event_flood_disconnect: int = 500  # EVENT_FLOOD_DISCONNECT: refused packets within 10s that end the connection
     bad_packet_limit: int = 10  # BAD_PACKET_LIMIT: malformed packets that end the connection
     max_rooms_per_client: int = 50  # MAX_ROOMS_PER_CLIENT
-    # graceful stop (deployment/operations/lifecycle.py) and Redis start-up wait (deployment/operations/message_queue.py)
+    # graceful stop (operations/lifecycle.py) and Redis start-up wait (operations/message_queue.py)
     drain_seconds: float = 3.0  # DRAIN_SECONDS
     close_spread_seconds: float = 10.0  # CLOSE_SPREAD_SECONDS
     redis_wait_seconds: float = 30.0  # REDIS_WAIT_SECONDS
-    # connection state recovery (deployment/operations/recovery.py): same id, rooms, session and missed packets after a cut
+    # connection state recovery (operations/recovery.py): same id, rooms, session and missed packets after a cut
     connection_state_recovery: bool = False  # CONNECTION_STATE_RECOVERY
     recovery_max_disconnection: float = 120.0  # RECOVERY_MAX_DISCONNECTION: seconds a session is kept
     cookie: CookieSettings = CookieSettings()

@@ -3,6 +3,8 @@
 from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, emit
 
+from application.extensions import socketio
+
 MAX_NOTE = 280
 
 
@@ -19,3 +21,6 @@ class NotesNamespace(Namespace):
         note = {"text": text.strip()[:MAX_NOTE], "by": request.sid}
         emit("note", note, broadcast=True)  # every client of /notes, on every instance
         return {"ok": True}
+
+
+socketio.on_namespace(NotesNamespace("/notes"))  # on import, like application/events.py's handlers

@@ -1,18 +1,25 @@
-# examples/ticker.py: a background task that emits `tick` every `interval` seconds until stopped.
+# examples/ticker.py: a background task that emits `tick` to the clients of /ticker every TICK_SECONDS,
+# started by the first client that connects (so `flask` commands and tests that never connect start none).
 
-import threading
+from flask import current_app
+
+from application.extensions import socketio
+
+NAMESPACE = "/ticker"
+TICK_SECONDS = 1.0
+state = {"started": False}  # one task per process
 
 
-def start_ticker(socketio, instance, interval=5.0, namespace="/"):
-    """Starts the loop as a background task (a greenlet under gevent); returns the Event that stops it."""
-    stop = threading.Event()  # gevent-friendly once gunicorn's worker has monkey-patched threading
+def tick_forever(instance):
+    count = 0
+    while True:
+        socketio.sleep(TICK_SECONDS)  # never time.sleep: socketio.sleep lets the other clients run meanwhile
+        count += 1
+        socketio.emit("tick", {"count": count, "instance": instance}, namespace=NAMESPACE)
 
-    def run():
-        count = 0
-        while not stop.is_set():
-            socketio.sleep(interval)  # never time.sleep: socketio.sleep yields to the other clients
-            count += 1
-            socketio.emit("tick", {"count": count, "instance": instance}, namespace=namespace)
 
-    socketio.start_background_task(run)
-    return stop
+@socketio.on("connect", namespace=NAMESPACE)
+def start_ticking(auth=None):
+    if not state["started"]:  # nothing yields between this check and the next line: one task, even under gevent
+        state["started"] = True
+        socketio.start_background_task(tick_forever, current_app.config["SETTINGS"].instance_name)

@@ -29,22 +29,40 @@ pip_install() {
   "$PY" -m pip install -q --disable-pip-version-check -r "$file" >&2 && touch "$stamp"
 }
 
-# Node packages of a folder with a package-lock.json (demo/: the page's socket.io client; tests/deployment/node/: the
-# Node test clients), once per lock change, then its `npm run build` if it has one. A missing folder is fine.
+# Node packages of a folder of the repo with a package-lock.json (e.g. tests/deployment/node/: the Node test
+# clients), once per lock change, then its `npm run build` if it has one. A missing folder is fine.
 npm_install() {
-  local dir=$REPO/${1:-demo} stamp
+  local dir=$REPO/${1:?npm_install: which folder?} stamp
   [ -f "$dir/package-lock.json" ] || return 0
   stamp=$dir/node_modules/.installed-$(sha256sum "$dir/package-lock.json" | cut -c1-16)
   if [ ! -f "$stamp" ]; then
     echo "bootstrap: npm ci in ${dir#$REPO/}" >&2
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$stamp"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$stamp" || return 1
   fi
-  if grep -q '"build"' "$dir/package.json"; then
+  if grep -q '"build" *:' "$dir/package.json"; then
     (cd "$dir" && npm run --silent build >&2)
   fi
 }
 
-# Headless Chromium and its driver for the demo page's browser tests (demo/tests/test_demo_page.py).
+# The front-end assets of the app: every folder (one level down) whose package.json has a "build" script gets
+# npm_install (npm ci, npm run build), the rule the Dockerfile's assets stage follows. None is fine.
+build_assets() {
+  local package dir status=0
+  for package in "$REPO"/*/package.json; do
+    [ -f "$package" ] && grep -q '"build" *:' "$package" || continue
+    dir=$(basename "$(dirname "$package")")
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "bootstrap: npm not found: $dir/ is not built (npm ci && npm run build in $dir/)" >&2
+      status=1
+    elif ! npm_install "$dir"; then
+      echo "bootstrap: npm ci / npm run build failed in $dir/" >&2
+      status=1
+    fi
+  done
+  return $status
+}
+
+# Headless Chromium and its driver, for browser tests (Selenium).
 need_browser() {
   need_system_packages chromium:chromium chromedriver:chromium-driver
 }

@@ -1,6 +1,6 @@
 """The compose stack driven from Python: a Docker engine, the stand-in images, and one compose project.
 Used by the Docker tests (tests/deployment/test_docker_compose.py, tests/deployment/test_docker_swarm.py) and by
-scripts/measure_docker.py. Everything is reached through the port HAProxy publishes on 127.0.0.1.
+bench/measure_docker.py. Everything is reached through the port HAProxy publishes on 127.0.0.1.
 
     engine = DockerEngine.ensure()               # answers, or is started (as root) and stopped by stop()
     env = standin_env()                          # PYTHON_IMAGE=... for images built without a registry

@@ -7,7 +7,7 @@ cookie the load balancer or the app sets (HAProxy's prefixed `io`, AWS ALB's `AW
 and sends them on every long-polling request and on the WebSocket upgrade, so it works behind sticky load
 balancers. `--drop-cookies` makes clients that keep none (the control: they fail behind cookie stickiness).
 
-Scenarios (the demo events of deployment/operations/probes.py):
+Scenarios (the stack's probe events, deployment/operations/probes.py):
   connect    clients connect over --ramp-up seconds and stay until --duration; latency = connect time
   echo       each client sends `echo` with an ack in a loop, one in flight, at most --rate per second
              (0: as fast as acks come back); latency = ack round trip

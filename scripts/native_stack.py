@@ -461,8 +461,8 @@ class Stack:
         for pid in state["haproxy"].get("previous_pids", []):  # replaced by reload_haproxy, maybe still finishing
             if pid_alive(pid):
                 self.stop_pid(pid, timeout=5)
-        # HAProxy is gone, so there is nothing to drain (deployment/operations/lifecycle.py): gunicorn's quick stop (SIGINT),
-        # all instances at the same time
+        # HAProxy is gone, so there is nothing to drain (deployment/operations/lifecycle.py): gunicorn's quick stop
+        # (SIGINT), all instances at the same time
         stoppers = [
             threading.Thread(target=self.stop_pid, args=(app["pid"], 25, signal.SIGINT))
             for app in state["apps"]

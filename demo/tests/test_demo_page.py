@@ -4,7 +4,6 @@ Chromium pages through HAProxy of a native stack (Selenium with Debian's chromiu
 UPDATE_DEMO_SCREENSHOT=1 makes the two-page test write docs/demo.png (the README's picture)."""
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,22 +17,8 @@ import demo
 from demo import presence
 from deployment.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-VENDOR_JS = ROOT / "static" / "vendor" / "socket.io.min.js"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1200,880",
-]
+ROOT = Path(__file__).resolve().parents[2]
+VENDOR_JS = demo.vendor_js_path()  # demo/static/vendor/socket.io.min.js, built by `npm run build` in demo/
 
 
 def received(client, name, namespace="/demo"):
@@ -50,22 +35,26 @@ def make_app(**env):
     return create_app(Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "unit", **env}))
 
 
-@pytest.mark.skipif(not VENDOR_JS.is_file(), reason="static/vendor not built (npm ci && npm run build)")
+NOT_BUILT = "demo/static/vendor not built (npm ci && npm run build in demo/)"
+
+
+@pytest.mark.skipif(not VENDOR_JS.is_file(), reason=NOT_BUILT)
 def test_page_loads_the_vendored_socketio_client_and_no_cdn(app):
     page = app.test_client().get("/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    assert 'src="/static/vendor/socket.io.min.js"' in html and 'src="/static/app.js"' in html
+    assert 'src="/demo/static/vendor/socket.io.min.js"' in html and 'src="/demo/static/app.js"' in html
+    assert 'href="/demo/static/style.css"' in html
     assert "//cdn" not in html and "https://" not in html
     assert 'id="signin"' not in html  # REQUIRE_LOGIN is off
-    script = app.test_client().get("/static/vendor/socket.io.min.js")
+    script = app.test_client().get("/demo/static/vendor/socket.io.min.js")
     assert script.status_code == 200 and b"Socket.IO" in script.data
-    assert (ROOT / "static" / "vendor" / "VERSION").read_text().startswith("socket.io-client 4.8.")
+    assert (VENDOR_JS.parent / "VERSION").read_text().startswith("socket.io-client 4.8.")
 
 
 def test_missing_vendor_file_gives_clear_error_page_and_log_line(app, monkeypatch, caplog):
     monkeypatch.setattr(demo, "VENDOR_JS", Path("vendor") / "not-built.js")
-    with caplog.at_level("ERROR", logger="application.demo"):
+    with caplog.at_level("ERROR", logger="demo"):
         page = app.test_client().get("/")
     assert page.status_code == 503
     assert "npm ci" in page.get_data(as_text=True) and "npm run build" in page.get_data(as_text=True)
@@ -75,14 +64,21 @@ def test_missing_vendor_file_gives_clear_error_page_and_log_line(app, monkeypatc
 def test_static_vendor_is_git_ignored_and_client_pinned_to_exact_48x():
     import json
 
-    assert "static/vendor/" in (ROOT / ".gitignore").read_text().split()
-    wanted = json.loads((ROOT / "package.json").read_text())["dependencies"]["socket.io-client"]
+    def git_ignored(path):
+        result = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, capture_output=True)
+        if result.returncode not in (0, 1):
+            pytest.skip(f"git check-ignore cannot tell here: {result.stderr.decode().strip()}")
+        return result.returncode == 0
+
+    assert git_ignored("demo/static/vendor/socket.io.min.js") and git_ignored("demo/node_modules/x/package.json")
+    assert not git_ignored("demo/static/app.js")  # control
+    wanted = json.loads((ROOT / "demo" / "package.json").read_text())["dependencies"]["socket.io-client"]
     assert wanted.startswith("4.8.") and wanted.replace(".", "").isdigit()  # exact pin, no range
-    lock = json.loads((ROOT / "package-lock.json").read_text())
+    lock = json.loads((ROOT / "demo" / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/socket.io-client"]["version"] == wanted
 
 
-@pytest.mark.skipif(not VENDOR_JS.is_file(), reason="static/vendor not built (npm ci && npm run build)")
+@pytest.mark.skipif(not VENDOR_JS.is_file(), reason=NOT_BUILT)
 def test_sign_in_form_only_when_required_and_signed_out():
     app = make_app(REQUIRE_LOGIN="true")
     http = app.test_client()
@@ -94,7 +90,7 @@ def test_sign_in_form_only_when_required_and_signed_out():
 
 
 def test_demo_namespace_presence_join_leave_disconnect(app):
-    from app import socketio as server
+    from application.extensions import socketio as server
 
     alice = server.test_client(app, namespace="/demo", auth={"user": "alice"})
     bob = server.test_client(app, namespace="/demo", auth={"user": "bob"})
@@ -118,7 +114,7 @@ def test_demo_namespace_presence_join_leave_disconnect(app):
 
 
 def test_demo_namespace_refuses_bad_names_and_bad_input(app):
-    from app import socketio as server
+    from application.extensions import socketio as server
 
     refused = server.test_client(app, namespace="/demo", auth={"user": "<script>"})
     assert not refused.is_connected("/demo")
@@ -132,7 +128,7 @@ def test_demo_namespace_refuses_bad_names_and_bad_input(app):
 
 
 def test_demo_namespace_requires_sign_in_when_configured():
-    from app import socketio as server
+    from application.extensions import socketio as server
 
     app = make_app(REQUIRE_LOGIN="true")
     client = server.test_client(app, namespace="/demo", auth={"user": "mallory"})
@@ -172,45 +168,8 @@ def test_redis_presence_drops_entries_of_a_dead_instance(stack):
 # --- real browsers through HAProxy -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def built_assets():
-    if not VENDOR_JS.is_file():
-        if not shutil.which("npm"):
-            pytest.skip("static/vendor/socket.io.min.js missing and no npm: run npm ci && npm run build")
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True, capture_output=True)
-        subprocess.run(["npm", "run", "build"], cwd=ROOT, check=True, capture_output=True)
-    return VENDOR_JS
-
-
-@pytest.fixture
-def browser(tmp_path, built_assets):
-    """Factory: a new headless Chromium (its own profile, so its own cookies) per call; all quit afterwards."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        message = "needs Debian's chromium and chromium-driver (scripts/bootstrap.sh: need_browser)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    drivers = []
-
-    def make():
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / f'profile{len(drivers)}'}"]:
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        drivers.append(driver)
-        return driver
-
-    yield make
-    for driver in drivers:
-        driver.quit()
-
-
 class DemoPage:
-    """One browser showing the demo page; reads what a person sees (ids of templates/index.html)."""
+    """One browser showing the demo page; reads what a person sees (ids of demo/templates/demo/index.html)."""
 
     def __init__(self, driver, url, name, room):
         self.driver, self.url, self.name, self.room = driver, url, name, room

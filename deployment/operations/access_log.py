@@ -27,7 +27,8 @@ def with_gunicorn_access_log(handler_class, log):
 
 def install(worker):
     """From gunicorn's post_worker_init: the worker makes its servers with worker.wsgi_handler afterwards.
-    gunicorn's plain gevent worker (the simple-websocket variant) has its own parser and access log."""
+    gunicorn's plain gevent worker (without gevent-websocket, docs/configuration.md) has its own parser and
+    access log."""
     handler = getattr(worker, "wsgi_handler", None)
     if handler is not None and handler.log_request is not PyWSGIHandler.log_request:
         worker.wsgi_handler = with_gunicorn_access_log(handler, worker.log)

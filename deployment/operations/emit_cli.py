@@ -2,7 +2,7 @@
 app (a shell, cron, a deploy hook), through the same Redis message queue the instances use.
 
     flask --app app emit announcement '{"text": "maintenance at 18:00"}'
-    flask --app app emit announcement '"to one room"' --room ops --namespace /demo
+    flask --app app emit announcement '"to one room"' --room ops --namespace /chat
     python -m deployment.operations.emit_cli announcement '{"text": "hi"}'     # the same without loading the app
 
 DATA is JSON. The emitter is a write-only python-socketio RedisManager: it publishes and never receives, so

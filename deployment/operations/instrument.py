@@ -1,5 +1,5 @@
-"""Counts and logs what happens on the Socket.IO server: feeds deployment/operations/metrics.py and the `realtime.socket`
-log lines of deployment/operations/logs.py.
+"""Counts and logs what happens on the Socket.IO server: feeds deployment/operations/metrics.py and the
+`realtime.socket` log lines of deployment/operations/logs.py.
 
 python-socketio has no middleware for events, so install() hooks into a few methods of this process's server
 objects, the way python-socketio's own admin instrumentation (`Server.instrument()`) does:

@@ -23,8 +23,8 @@ redis:// and rediss:// through redis.Redis.from_url, redis+sentinel://host:port,
 redis.sentinel.Sentinel(...).master_for(service), which finds the current primary again after a failover.
 
 QueueManager overrides non-public methods of python-socketio's RedisManager, so it lives in
-deployment/patches/queue_manager.py, pinned: with another python-socketio version `connect()` gives python-socketio's own
-RedisManager (one log line) and the app still works, without the four changes above.
+deployment/patches/queue_manager.py, pinned: with another python-socketio version `connect()` gives
+python-socketio's own RedisManager (one log line) and the app still works, without the four changes above.
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def connect(settings):
 
 
 def queue_manager(url, channel, display_url=None, recovery_window=None, **kwargs):
-    """deployment/patches/queue_manager.py's QueueManager while python-socketio is a version it was verified against, else
-    python-socketio's own RedisManager (it works, without the outage handling described above). With
+    """deployment/patches/queue_manager.py's QueueManager while python-socketio is a version it was verified
+    against, else python-socketio's own RedisManager (it works, without the outage handling described above). With
     `recovery_window` (CONNECTION_STATE_RECOVERY) and a verified version, the QueueManager with connection state
     recovery (deployment/patches/connection_recovery.py)."""
     kwargs.update(connect=redis_client, close=close_client)

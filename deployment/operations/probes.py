@@ -63,7 +63,6 @@ def register(socketio, engineio_headers):
         engineio_headers.headers(set_random_id_cookie)
     if any(socketio is done for done in registered):
         return
-    registered.append(socketio)
     taken = sorted({message for message, _handler, namespace in socketio.handlers if namespace in (None, "/")})
     clash = [name for name in EVENTS if name in taken]
     if clash:
@@ -71,6 +70,7 @@ def register(socketio, engineio_headers):
             f"your Socket.IO handler(s) {clash} on the default namespace have the names of the stack's probe "
             "events (deployment/operations/probes.py): rename them, or set PROBES=false"
         )
+    registered.append(socketio)
 
     @socketio.on("echo")
     def echo(data=None):

@@ -5,8 +5,8 @@
 - `X-Content-Type-Options: nosniff`
 - `X-Frame-Options: DENY` and CSP `frame-ancestors 'none'`: no framing (clickjacking)
 - `Referrer-Policy: strict-origin-when-cross-origin`
-- `Content-Security-Policy`: scripts, styles, images and fonts from this origin only (the demo page loads
-  its scripts from /static), Socket.IO to this origin (`connect-src 'self'` plus the same host over
+- `Content-Security-Policy`: scripts, styles, images and fonts from this origin only (a page such as the demo's
+  loads its scripts from /demo/static), Socket.IO to this origin (`connect-src 'self'` plus the same host over
   ws:/wss:, which older browsers do not include in 'self'), no plugins, no <base> tricks, forms to
   this origin only.
 - `Server` removed (gevent's pywsgi sends none; HAProxy also deletes it on every response).

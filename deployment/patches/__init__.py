@@ -1,4 +1,4 @@
-"""Every replacement of a library's internals, in one package (deployment/patches/README.md lists them with their figures).
+"""Every replacement of a library's internals, in one package (README.md beside this file lists them, with figures).
 
 The speedups (SPEEDUP_NAMES) serve speed and memory only: `install_speedups()` is called once by the app
 factory, and `SPEEDUPS=off` leaves every one of them off, so the stock libraries run. The other modules here

@@ -27,7 +27,7 @@ from deployment.patches import websocket_speedups
 
 try:
     from geventwebsocket.handler import WebSocketHandler
-except ImportError:  # the simple-websocket variant (bench/run template_simplews)
+except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket)
     WebSocketHandler = None
 else:
     PYWSGI_INIT = WebSocketHandler.__init__

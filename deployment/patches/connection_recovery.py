@@ -1,4 +1,5 @@
-"""Connection state recovery (deployment/operations/recovery.py says what it does) in python-socketio's server and manager.
+"""Connection state recovery (deployment/operations/recovery.py says what it does) in python-socketio's server and
+manager, with its session store in Redis.
 
 python-socketio has no hook for the CONNECT answer (it must carry the session's `pid`, and a restored socket
 its old id) nor for its listener's dispatch (a restore's replay must run at its marker), so this module
@@ -234,7 +235,6 @@ class SessionStore:
             if addressed_to(message, restore.namespace, restore.sid, restore.rooms):
                 restore.missed.append((text(entry_id), message))
         return True
-
 
 
 class RecoveryManager(QueueManager):

@@ -1,7 +1,7 @@
 """An idle WebSocket without a greenlet. gevent-websocket reads a WebSocket in the greenlet that handled its
 HTTP upgrade, which waits in recv() for the connection's whole life: with its C stack copied out, its Python
 frames (from gunicorn's worker down to engineio's read loop) and its wait, that greenlet was the largest part
-of an idle connection's memory (scripts/memory_breakdown.py, docs/performance.md#memory-per-connection).
+of an idle connection's memory (bench/memory_breakdown.py, docs/performance.md#memory-per-connection).
 
 Here, once the WebSocket is upgraded, its reader reads while bytes are there, and when the next read would
 wait (nothing buffered, nothing in the kernel) it parks instead: an I/O watcher of gevent's loop waits for the
@@ -36,7 +36,7 @@ from deployment.patches.websocket_speedups import ReadAfterWait
 
 try:
     from geventwebsocket.handler import Client, WebSocketHandler
-except ImportError:  # the simple-websocket variant (bench/run template_simplews): nothing to park
+except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket): nothing to park
     WebSocketHandler = None
 
 log = logging.getLogger("patches")
@@ -259,7 +259,8 @@ def run_websocket(self):
 VERIFIED = {"gevent-websocket": ("0.10.1",), "gevent": ("26.9.0",), "python-engineio": ("4.15.1",)}
 REPLACES = ["geventwebsocket.handler.WebSocketHandler.run_websocket"]  # connection_memory's, when this is off
 REQUIRES = ("websocket_speedups", "connection_memory", "websocket_writes")  # off without them (one log line)
-ROWS = [("memory_curve_5000", "app_kb_per_conn"), ("memory_curve_10000", "app_kb_per_conn")]  # deployment/patches/README.md
+# the benchmark rows of this module's A/B (deployment/patches/README.md)
+ROWS = [("memory_curve_5000", "app_kb_per_conn"), ("memory_curve_10000", "app_kb_per_conn")]
 PROVEN_BY = "tests/deployment/test_idle_websockets.py"  # same answers as the library's own code
 
 

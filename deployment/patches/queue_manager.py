@@ -29,9 +29,10 @@ def describe(exc):
 def close_redis(client):
     client.close()
 
+
 VERIFIED = {"python-socketio": ("5.18.1",)}
 REPLACES = ["manager._redis_connect", "manager._publish", "manager._redis_listen_with_retries"]
-SERVES = "Redis outages: emits stay local, bounded waits, one log line each way (deployment/operations/message_queue.py)"
+SERVES = "Redis outages: emits stay local, bounded waits, one log line each way (operations/message_queue.py)"
 PROVEN_BY = "tests/deployment/test_faults.py"
 
 

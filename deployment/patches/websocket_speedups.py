@@ -17,7 +17,7 @@ from gevent.lock import Semaphore
 try:
     from geventwebsocket import websocket as gws
     from wsaccel.xormask import XorMaskerSimple
-except ImportError:  # the simple-websocket variant (bench/run template_simplews): nothing to speed up
+except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket): nothing to speed up
     gws = None
 
 
@@ -90,7 +90,7 @@ class ReadAfterWait:
 
 def read_after_wait(rfile, sock):
     """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first.
-    deployment/patches/connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
+    connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
     raw = getattr(rfile, "raw", None)
     if raw is not None and hasattr(sock, "_read_event"):
         raw.readinto = ReadAfterWait(sock).readinto

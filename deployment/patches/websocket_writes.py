@@ -15,7 +15,7 @@ send() itself. With `WEBSOCKET_DIRECT_SEND` (default true), under gevent-websock
   write: started when a packet goes to the queue (the outbox could not send it, or packets were queued before
   the upgrade), it ends once the queue is empty, and Socket.close() starts one that waits for its None, as
   engineio's does. An idle WebSocket then holds one greenlet (its reader) instead of two: a greenlet's saved
-  stack, its frames and its wait cost about 7 KB each (scripts/memory_breakdown.py,
+  stack, its frames and its wait cost about 7 KB each (bench/memory_breakdown.py,
   docs/performance.md#memory-per-connection).
 
 Same packets, in the same order, as engineio's writer: tests/deployment/test_websocket_writes.py.
@@ -29,7 +29,7 @@ from deployment.patches.websocket_speedups import FrameWriter
 
 try:
     from geventwebsocket.websocket import Header, WebSocket
-except ImportError:  # the simple-websocket variant (bench/run template_simplews): engineio's own path
+except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket): engineio's own path
     WebSocket = None
 
 ENGINEIO_SEND = engineio_socket.Socket.send

@@ -2,7 +2,6 @@
 (Redis + gunicorn instances + HAProxy on free loopback ports) for end-to-end tests."""
 
 import os
-import secrets
 import sys
 import threading
 import time
@@ -15,16 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests" / "deployment")]
 
 from native_stack import Stack, free_port  # noqa: E402
+from scenarios_faults import stack_env  # noqa: E402
 
 from deployment.settings import Settings  # noqa: E402
-
-
-def stack_env(**overrides):
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "STACK_DIR", "STACK_PORT", "APP_REPLICAS")}
-    env.update(APP_ENV="production", SECRET_KEY=secrets.token_hex(32), LOG_LEVEL="info")
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
-
 
 RUNNING_STACKS = []  # every stack started by a fixture: their logs are shown when a test fails
 

@@ -1,4 +1,5 @@
-"""Unit tests: settings, the io cookie option, demo events (Flask-SocketIO's test client) and routes."""
+"""Unit tests: settings, the io cookie option, the probe events (Flask-SocketIO's test client), routes, and the
+deployment layer as a Flask extension (PROBES, REQUIRE_LOGIN's gate, init_app)."""
 
 import pytest
 
@@ -135,3 +136,80 @@ def test_readyz_turns_503_while_draining(app):
         assert app.test_client().get("/readyz").status_code == 503
     finally:
         health.draining.clear()
+
+
+# --- the deployment layer as a Flask extension, on apps of its own --------------------------------------------
+
+
+def bare_app(**env):
+    """A Flask app and SocketIO object of their own, with the deployment layer (what a user's app.py does)."""
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from deployment.extension import Deployment
+
+    app, socketio = Flask("bare"), SocketIO()
+    return app, socketio, Deployment(), Settings.from_env({**DEV, "INSTANCE_NAME": "unit", **env})
+
+
+def test_probes_false_serves_only_the_apps_own_events():
+    app, socketio, deployment, settings = bare_app(PROBES="false")
+
+    @socketio.on("ping_me")
+    def ping_me(_data=None):
+        return "pong"
+
+    deployment.init_app(app, socketio, settings)
+    client = socketio.test_client(app)
+    assert client.emit("ping_me", callback=True) == "pong"
+    assert client.emit("echo", {"a": 1}, callback=True) == {"error": "unknown event 'echo'"}
+    # control: the same app with the probes on answers echo
+    app2, socketio2, deployment2, settings2 = bare_app()
+    deployment2.init_app(app2, socketio2, settings2)
+    assert socketio2.test_client(app2).emit("echo", {"a": 1}, callback=True) == {"a": 1}
+
+
+def test_a_handler_named_like_a_probe_event_stops_the_start_with_one_line():
+    app, socketio, deployment, settings = bare_app()
+
+    @socketio.on("echo")
+    def my_echo(data=None):
+        return "mine"
+
+    with pytest.raises(RuntimeError, match=r"\['echo'\].*PROBES=false"):
+        deployment.init_app(app, socketio, settings)
+    app, _unused, deployment, settings = bare_app(PROBES="false")
+    deployment.init_app(app, socketio, settings)  # with PROBES=false the name is the app's
+    assert socketio.test_client(app).emit("echo", callback=True) == "mine"
+
+
+def test_require_login_refuses_every_namespace_whatever_its_own_connect_handler_does():
+    app, socketio, deployment, settings = bare_app(REQUIRE_LOGIN="true")
+    socketio.on("connect", namespace="/mine")(lambda auth=None: True)  # a user's handler that accepts everyone
+    socketio.on("hello", namespace="/mine")(lambda _data=None: "hi")
+    deployment.init_app(app, socketio, settings)
+    anonymous = socketio.test_client(app, namespace="/mine")
+    assert not anonymous.is_connected("/mine")
+    assert not socketio.test_client(app).is_connected()  # the default namespace has no handler of its own
+    http = app.test_client()
+    assert http.post("/login", json={"name": "ada"}).status_code == 200
+    signed_in = socketio.test_client(app, namespace="/mine", flask_test_client=http)
+    assert signed_in.is_connected("/mine") and signed_in.emit("hello", callback=True, namespace="/mine") == "hi"
+
+
+def test_require_login_with_unverified_hooks_refuses_to_start(monkeypatch):
+    from deployment.patches import socketio_hooks
+
+    monkeypatch.setattr(socketio_hooks, "VERIFIED", {"python-socketio": ("0.0.0.fake",)})
+    app, socketio, deployment, settings = bare_app(REQUIRE_LOGIN="true")
+    with pytest.raises(RuntimeError, match="REQUIRE_LOGIN=true cannot be enforced"):
+        deployment.init_app(app, socketio, settings)
+    app, socketio, deployment, settings = bare_app()  # control: without REQUIRE_LOGIN the app starts
+    deployment.init_app(app, socketio, settings)
+
+
+def test_init_app_twice_on_one_app_is_refused():
+    app, socketio, deployment, settings = bare_app()
+    deployment.init_app(app, socketio, settings)
+    with pytest.raises(RuntimeError, match="already"):
+        deployment.init_app(app, socketio, settings)

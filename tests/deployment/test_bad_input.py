@@ -8,14 +8,13 @@ import threading
 import time
 
 import pytest
-from conftest import stack_env
 from flask import Flask
 from flask_socketio import SocketIO
-from measure_faults import Load, flood, join_many, polling_outcome, scenario_bad_input
 from native_stack import Stack, free_port
+from scenarios_faults import Load, flood, join_many, polling_outcome, scenario_bad_input, stack_env
 
-from deployment.settings import Settings
 from deployment.operations import limits
+from deployment.settings import Settings
 
 # Socket.IO-level garbage on a connected session: an `error` event, the session keeps working
 SOCKETIO_GARBAGE = [

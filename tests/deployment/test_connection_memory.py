@@ -17,8 +17,8 @@ from engineio import socket as engineio_socket
 from geventwebsocket.handler import WebSocketHandler
 from greenlet import greenlet
 
-from deployment.settings import Settings
 from deployment.patches import connection_memory, idle_websockets, websocket_speedups
+from deployment.settings import Settings
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 

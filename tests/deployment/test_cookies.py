@@ -13,8 +13,8 @@ import websocket
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from deployment.settings import ConfigError, Settings
 from deployment.operations.engineio_headers import HookRequest
+from deployment.settings import ConfigError, Settings
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 

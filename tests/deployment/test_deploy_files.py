@@ -744,8 +744,10 @@ def test_dockerfile_final_stage(dockerfile):
     assert keywords.index("USER") < keywords.index("CMD")
     assert ("EXPOSE", "8000") in final["instructions"]
     copies = [args for keyword, args in final["instructions"] if keyword == "COPY"]
-    assert ". ." in copies, "the app is the whole context filtered by .dockerignore"
-    assert any(c.startswith("--from=assets ") and "static" in c for c in copies), "static/ from the Node stage"
+    # the app: the whole context filtered by .dockerignore, with the assets the Node stage built in it
+    assert "--from=assets /src/ ./" in copies
+    assets = next(stage for stage in dockerfile if stage["name"] == "assets")
+    assert ("COPY", ". .") in assets["instructions"]
 
 
 def test_dockerfile_installs_pinned_requirements(dockerfile):
@@ -756,11 +758,21 @@ def test_dockerfile_installs_pinned_requirements(dockerfile):
 
 
 def test_dockerfile_node_stage_builds_assets(dockerfile):
+    """Every folder whose package.json has a build script (none at all is fine): `npm ci` from the package*.json
+    files alone (a layer cached until they change), then `npm run build` with the whole context."""
     node = [stage for stage in dockerfile if stage["name"] == "assets"]
     assert node and node[0]["image"] == "node:20-bookworm-slim"
-    text = " ".join(args for _, args in node[0]["instructions"])
-    assert "npm ci" in text and "npm run build" in text
-    assert "COPY package*.json ./" in DOCKERFILE.read_text()
+    instructions = node[0]["instructions"]
+    runs = [n for n, (keyword, _) in enumerate(instructions) if keyword == "RUN"]
+    copies = [n for n, (keyword, _) in enumerate(instructions) if keyword == "COPY"]
+    npm_ci = next(n for n in runs if "npm ci" in instructions[n][1])
+    build = next(n for n in runs if "npm run build" in instructions[n][1])
+    assert instructions[copies[0]][1] == "--from=manifests /manifests/ ./" and copies[0] < npm_ci
+    assert instructions[copies[1]][1] == ". ." and npm_ci < copies[1] < build
+    assert "rm -rf node_modules" in instructions[build][1], "the image gets the built files, not node_modules"
+    manifests = [stage for stage in dockerfile if stage["name"] == "manifests"]
+    assert manifests and manifests[0]["image"] == "node:20-bookworm-slim"
+    assert "package*.json" in " ".join(args for _, args in manifests[0]["instructions"])
 
 
 SECRET_WORDS = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|PRIVATE", re.IGNORECASE)
@@ -792,10 +804,10 @@ def test_dockerignore_keeps_the_app_and_drops_secrets_and_clutter():
         "gunicorn.conf.py",
         "requirements.txt",
         "deployment/settings.py",
-        "templates/index.html",
-        "static/app.js",
-        "package.json",
-        "package-lock.json",
+        "application/templates/index.html",
+        "application/static/app.js",
+        "application/package.json",
+        "application/package-lock.json",
     ):
         assert not ignored(path, patterns), f"{path} would be missing from the image"
     for path in (
@@ -805,7 +817,9 @@ def test_dockerignore_keeps_the_app_and_drops_secrets_and_clutter():
         ".venv/bin/python",
         ".stack/state.json",
         "node_modules/socket.io-client/package.json",
-        "static/vendor/socket.io.min.js",
+        "application/node_modules/socket.io-client/package.json",
+        "application/static/vendor/socket.io.min.js",
+        "application/tests/test_page.py",
         "application/__pycache__/config.cpython-311.pyc",
         "tests/deployment/test_app.py",
         "certs/server.key",

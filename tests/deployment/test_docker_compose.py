@@ -1,6 +1,6 @@
 """docker-compose.yml for real: built and started on a real Docker engine (with local stand-in images, see
 scripts/standin-images), then driven only through the port HAProxy publishes, by Node socket.io-client clients
-(withCredentials: true), python-socketio clients and headless Chromium; scaled, killed, restarted, taken down.
+(withCredentials: true) and python-socketio clients; scaled, killed, restarted, taken down.
 
 The tests of this module share one compose project (started by the `compose` fixture) and run in file order."""
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from docker_stack import ComposeStack, Fleet, docker, instances_of
-from test_demo_page import DemoPage, browser, built_assets  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "rtcompose"
@@ -40,13 +39,6 @@ def compose(docker_images):
     stack.up_seconds = time.monotonic() - started
     yield stack
     stack.down("-v")
-
-
-def test_up_build_serves_the_demo_page(compose, browser):  # noqa: F811
-    status, headers, body = compose.get("/")
-    assert status == 200 and b"socket.io" in body
-    page = DemoPage(browser(), compose.url, "docker-page", "lobby")
-    assert page.joined() in set(compose.hostnames().values()), "the page shows the replica that serves it"
 
 
 def test_polling_handshake_sets_the_prefixed_io_cookie(compose):

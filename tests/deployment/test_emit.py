@@ -1,5 +1,5 @@
-"""Emitting from outside the app: `flask --app app emit`, `python -m deployment.operations.emit_cli` and the Python snippet of
-docs/extending.md, against a running stack whose clients are connected through HAProxy."""
+"""Emitting from outside the app: `flask --app app emit`, `python -m deployment.operations.emit_cli` and the Python
+snippet of docs/extending.md, against a running stack whose clients are connected through HAProxy."""
 
 import os
 import re
@@ -45,7 +45,9 @@ def test_without_redis_url_is_exit_code_1(app):
 def test_unreachable_redis_is_exit_code_1():
     from native_stack import free_port
 
-    result = run([sys.executable, "-m", "deployment.operations.emit_cli", "x", "1"], f"redis://127.0.0.1:{free_port()}/0")
+    result = run(
+        [sys.executable, "-m", "deployment.operations.emit_cli", "x", "1"], f"redis://127.0.0.1:{free_port()}/0"
+    )
     assert result.returncode == 1 and "cannot reach Redis" in result.stderr
 
 
@@ -91,7 +93,9 @@ def test_flask_emit_to_a_room_reaches_only_its_members(stack, listeners):
 
 def test_module_form_without_the_app(stack, listeners):
     group, _room = listeners
-    result = run([sys.executable, "-m", "deployment.operations.emit_cli", "news", "[1, 2, 3]"], stack.status()["redis"]["url"])
+    result = run(
+        [sys.executable, "-m", "deployment.operations.emit_cli", "news", "[1, 2, 3]"], stack.status()["redis"]["url"]
+    )
     assert result.returncode == 0, result.stderr
     assert group[0].wait_for("news", lambda data: data == [1, 2, 3])
 

@@ -237,6 +237,7 @@ def test_other_flask_socketio_versions_keep_its_own_method(monkeypatch):
 
 def test_the_template_app_uses_realtime_socketio(app):
     from stack_app import socketio
+
     from deployment.patches.event_context import RealtimeSocketIO
 
     assert socketio._handle_event.__func__ is RealtimeSocketIO._handle_event

@@ -1,9 +1,10 @@
-"""Faults against the real stack, measured by the scenarios of scripts/measure_faults.py (which writes the
-figures of docs/operations.md at a larger size). Bounds are generous: the machine is shared, so nothing
+"""Faults against the real stack, measured by the scenarios of scenarios_faults.py (bench/measure_faults.py runs
+them at a larger size for the figures of docs/operations.md). Bounds are generous: the machine is shared, so nothing
 here asserts on speed, only on what clients see."""
 
 import pytest
-from measure_faults import (
+from native_stack import ROOT
+from scenarios_faults import (
     reload_config_copy,
     scenario_kill9,
     scenario_redis_at_start,
@@ -11,7 +12,6 @@ from measure_faults import (
     scenario_reload,
     scenario_rolling_restart,
 )
-from native_stack import ROOT
 
 
 def test_killed_instance_under_load_recovers_and_nobody_else_notices(own_stack):

@@ -1,5 +1,5 @@
-"""deployment/patches/idle_websockets.py: an idle WebSocket holds no greenlet, and a parked WebSocket answers as one whose
-greenlet waits in recv(). The app as shipped (create_app) behind gevent's pywsgi server with gevent-websocket's
+"""deployment/patches/idle_websockets.py: an idle WebSocket holds no greenlet, and a parked WebSocket answers as one
+whose greenlet waits in recv(). The app as shipped (create_app) behind gevent's pywsgi server with gevent-websocket's
 handler, as gunicorn's worker runs it, in this process (so its greenlets can be counted); the clients speak
 WebSocket over real TCP sockets, frame by frame, so that a test controls when each byte arrives. Every test
 runs with the module on and, as the control, off (SPEEDUPS_SKIP=idle_websockets: the library's own reading)."""
@@ -17,8 +17,8 @@ import pytest
 from gevent import pywsgi
 from geventwebsocket.handler import WebSocketHandler
 
-from deployment.settings import Settings
 from deployment.patches import idle_websockets, websocket_writes
+from deployment.settings import Settings
 
 OPCODE_TEXT, OPCODE_CLOSE = 0x1, 0x8
 

@@ -61,7 +61,8 @@ def alb_cookie_values():
 
 @pytest.fixture(scope="module")
 def awsalb(make_stack, tmp_path_factory):
-    """tests/deployment/haproxy-awsalb.cfg in front of a stack whose app sets no io cookie: AWSALB is the only stickiness."""
+    """tests/deployment/haproxy-awsalb.cfg in front of a stack whose app sets no io cookie: AWSALB is the only
+    stickiness."""
     stack = make_stack(IO_COOKIE="false")
     apps = stack.status()["apps"]
     port = free_port()

@@ -9,10 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 import socketio
 
-from deployment.settings import ConfigError, Settings
 from deployment.operations import logs
+from deployment.settings import ConfigError, Settings
 
 
 def record(msg="connect", level=logging.INFO, **fields):
@@ -116,16 +117,18 @@ def json_lines(path):
 
 
 def test_json_logs_of_a_running_instance(own_stack):
-    stack = own_stack(replicas=1, LOG_FORMAT="json")
+    stack = own_stack(replicas=1, LOG_FORMAT="json", REQUIRE_LOGIN="true")
     status = stack.status()
     url = status["url"]
-    client = socketio.Client(reconnection=False)
+    http = requests.Session()
+    assert http.post(url + "/login", json={"name": f"json-{uuid.uuid4().hex[:4]}"}, timeout=5).status_code == 200
+    client = socketio.Client(reconnection=False, http_session=http)
     client.connect(url, headers={"X-Forwarded-For": "203.0.113.77"}, wait_timeout=10)
     sid = client.get_sid()
     client.disconnect()
     refused = socketio.Client(reconnection=False)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        refused.connect(url, namespaces=["/demo"], auth={"user": f"bad name {uuid.uuid4().hex[:4]}"}, wait_timeout=5)
+    with pytest.raises(socketio.exceptions.ConnectionError):  # not signed in: the login gate refuses it
+        refused.connect(url, wait_timeout=5)
 
     log_file = Path(status["logs"]) / "app1.log"
     deadline = time.monotonic() + 10
@@ -143,7 +146,7 @@ def test_json_logs_of_a_running_instance(own_stack):
     assert connect["transport"] in ("polling", "websocket")
     assert disconnect["client"] == "203.0.113.77"
     assert disconnect["reason"] in ("client disconnect", "transport close")  # python-socketio closes fast
-    assert refusal["level"] == "WARNING" and refusal["reason"].startswith("invalid user name")
+    assert refusal["level"] == "WARNING" and refusal["reason"].startswith("sign in first")
     assert refusal["client"] == "127.0.0.1"  # no X-Forwarded-For from the client: HAProxy's own view
     # the app's other lines are JSON too (start-up config, access lines)
     assert any(line.get("msg", "").startswith("effective config") for line in json_lines(log_file))

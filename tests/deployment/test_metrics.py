@@ -11,8 +11,8 @@ from flask import Flask
 from flask_socketio import ConnectionRefusedError, SocketIO
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployment.settings import Settings
 from deployment.operations import instrument, metrics
+from deployment.settings import Settings
 
 INSTANCE_METRICS = {  # family name: type
     "socketio_connected_clients": "gauge",
@@ -245,13 +245,13 @@ def test_every_instance_serves_metrics_and_they_move(stack, clients):
     assert value(after, "socketio_connected_clients", transport="websocket") >= 1
 
 
-def test_handshake_failures_on_a_running_instance(stack):
-    app = stack.status()["apps"][0]
+def test_handshake_failures_on_a_running_instance(own_stack):
+    app = own_stack(replicas=1, REQUIRE_LOGIN="true").status()["apps"][0]
     before = scrape(app["url"])
     assert requests.get(app["url"] + "/socket.io/?EIO=4&transport=polling&sid=unknown", timeout=5).status_code == 400
     refused = socketio.Client(reconnection=False)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        refused.connect(app["url"], namespaces=["/demo"], auth={"user": "<bad name>"}, wait_timeout=5)
+    with pytest.raises(socketio.exceptions.ConnectionError):  # not signed in: the login gate refuses it
+        refused.connect(app["url"], wait_timeout=5)
     after = scrape(app["url"])
     assert value(after, "socketio_handshake_failures_total", reason="invalid_session") > value(
         before, "socketio_handshake_failures_total", reason="invalid_session"

@@ -180,7 +180,7 @@ class Driver:
 
     def __init__(self, network):
         code = (
-            f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]; "
+            f"import sys; sys.path[:0] = [{str(ROOT / 'tests' / 'deployment')!r}, {str(ROOT)!r}]; "
             "import test_multihost; test_multihost.driver()"
         )
         self.proc = network.spawn(
@@ -315,7 +315,7 @@ def network(tmp_path):
 
 
 def start_stack(net, tmp_path):
-    from conftest import stack_env
+    from scenarios_faults import stack_env
 
     env = stack_env(DRAIN_SECONDS="0.5", CLOSE_SPREAD_SECONDS="1", GRACEFUL_TIMEOUT="8", PYTHONUNBUFFERED="1")
     net.spawn(

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "deployment" / "node" / "sio-client.mjs"
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()),
+    not (
+        shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()
+    ),
     reason="needs node and `npm ci` (scripts/test does both)",
 )
 
@@ -25,7 +27,9 @@ def run_node_clients(count, **options):
 
 
 def test_socketio_client_version_keeps_cookies_on_upgrade():
-    version = json.loads((ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client" / "package.json").read_text())["version"]
+    version = json.loads(
+        (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client" / "package.json").read_text()
+    )["version"]
     assert tuple(int(part) for part in version.split(".")[:2]) >= (4, 8)
 
 

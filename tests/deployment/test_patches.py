@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deployment.settings import ConfigError, Settings
 from deployment.patches import SPEEDUP_NAMES
+from deployment.settings import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,13 @@ def probe(fake_mismatch=None, **env):
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps({"fake_mismatch": fake_mismatch})],
         cwd=ROOT,
-        env={**base_env(), "APP_ENV": "development", "LOG_LEVEL": "info", "PYTHONPATH": str(ROOT / "tests" / "deployment"), **env},
+        env={
+            **base_env(),
+            "APP_ENV": "development",
+            "LOG_LEVEL": "info",
+            "PYTHONPATH": str(ROOT / "tests" / "deployment"),
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -125,7 +131,9 @@ def test_a_version_it_was_not_verified_against_keeps_it_off(name):
     for target, module in mine.items():
         # not its own; a target two speedups replace may hold the other's (idle_websockets and connection_memory)
         assert module != f"deployment.patches.{name}", f"{name} is off, yet {target} is {module}'s"
-    dependents = [n for n in SPEEDUP_NAMES if name in getattr(importlib.import_module(f"deployment.patches.{n}"), "REQUIRES", ())]
+    dependents = [
+        n for n in SPEEDUP_NAMES if name in getattr(importlib.import_module(f"deployment.patches.{n}"), "REQUIRES", ())
+    ]
     [line] = [line for line in result["log"] if line.startswith(f"patch {name} stays off: ")]
     assert "is not a version it was verified against" in line
     for dependent in dependents:
@@ -166,7 +174,9 @@ def test_the_patches_readme_lists_every_replacement():
         for target in module.REPLACES:
             assert f"`{target}`" in readme, f"{name}: {target} is not in deployment/patches/README.md"
         for dist, versions in module.VERIFIED.items():
-            assert f"{dist} {' / '.join(versions)}" in readme, f"{name}: {dist} {versions} is not in deployment/patches/README.md"
+            assert f"{dist} {' / '.join(versions)}" in readme, (
+                f"{name}: {dist} {versions} is not in deployment/patches/README.md"
+            )
 
 
 def test_every_module_of_the_package_is_a_listed_replacement():

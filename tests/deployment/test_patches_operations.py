@@ -207,7 +207,12 @@ result["recorded"] = any(made in getattr(listener, "__self__", ()) for listener 
 
 def run_case(module, mode):
     code = PRELUDE.format(module=module) + CASES[module] + "\nprint('RESULT ' + json.dumps(result))\n"
-    env = {**os.environ, "APP_ENV": "development", "LOG_LEVEL": "warning", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'deployment'}"}
+    env = {
+        **os.environ,
+        "APP_ENV": "development",
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'deployment'}",
+    }
     for name in ("REDIS_URL", "SPEEDUPS", "SPEEDUPS_SKIP"):
         env.pop(name, None)
     done = subprocess.run(
@@ -306,7 +311,9 @@ def test_socketio_hooks_control_hooks_every_target():
     assert result["lines"] == []
     assert result["targets"]["server._trigger_event"]["module"] == "deployment.patches.socketio_hooks"
     assert result["targets"]["eio._bad_request"]["module"] == "deployment.patches.socketio_hooks"
-    assert all(value["module"] == "deployment.patches.socketio_hooks" for value in result["queue_targets"].values()), result
+    assert all(value["module"] == "deployment.patches.socketio_hooks" for value in result["queue_targets"].values()), (
+        result
+    )
     assert_patch_values(result["targets"])
     assert_serves(result)
     assert echoes_counted(result["metrics"]) == 1
@@ -361,5 +368,7 @@ def test_connection_recovery_control_replaces_every_target():
     assert result["lines"] == []
     assert result["manager_class"] == "deployment.patches.connection_recovery.RecoveryManager"
     assert result["installed"] is True
-    assert all(value["module"] == "deployment.patches.connection_recovery" for value in result["queue_targets"].values()), result
+    assert all(
+        value["module"] == "deployment.patches.connection_recovery" for value in result["queue_targets"].values()
+    ), result
     assert_serves(result)

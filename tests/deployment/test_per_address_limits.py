@@ -1,8 +1,8 @@
 """HAProxy's per-address limits (docs/operations.md#per-address-limits) on real stacks with real clients, each with
 its control: honest clients from one address never meet the shipped defaults, floods from one address do, and
 behind a trusted proxy the count follows X-Forwarded-For (from that proxy only). The scenarios are those of
-scripts/measure_limits.py, which measured what the defaults were chosen from. Source addresses are loopback
-ones (127.0.0.0/8 is all local on Linux); 10.x addresses appear only as header text."""
+scenarios_limits.py, with which bench/measure_limits.py measured what the defaults were chosen from. Source
+addresses are loopback ones (127.0.0.0/8 is all local on Linux); 10.x addresses appear only as header text."""
 
 import json
 import re
@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from measure_limits import (
+from native_stack import ROOT
+from ruamel.yaml import YAML
+from scenarios_limits import (
     OLD_RULE,
     frontend_stats,
     key,
@@ -24,8 +26,6 @@ from measure_limits import (
     shipped_default,
     table,
 )
-from native_stack import ROOT
-from ruamel.yaml import YAML
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 needs_node = pytest.mark.skipif(not node_available(), reason="needs node and `npm ci` (scripts/test does both)")

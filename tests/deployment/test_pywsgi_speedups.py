@@ -1,5 +1,5 @@
-"""deployment/patches/pywsgi_speedups.py: pywsgi gets the same header message as from the email package's parser (gevent's
-own headers_factory), on the requests real clients send and on random and malformed ones; responses are the
+"""deployment/patches/pywsgi_speedups.py: pywsgi gets the same header message as from the email package's parser
+(gevent's own headers_factory), on the requests real clients send and on random and malformed ones; responses are the
 same bytes as gevent's, in fewer send() calls; and the template's app installs both (every test through a real
 stack then runs on them)."""
 

@@ -1,7 +1,7 @@
-"""Connection state recovery (CONNECTION_STATE_RECOVERY, deployment/operations/recovery.py) end to end: real HAProxy, Redis
-and gunicorn instances, Node's socket.io-client as the room's members (tests/deployment/node/recovery-member.mjs), a
-python-socketio sender, and a raw Socket.IO client for what an official client never sends (forged pids,
-foreign offsets). The scenarios are scripts/measure_recovery.py's; nothing here asserts on speed."""
+"""Connection state recovery (CONNECTION_STATE_RECOVERY, deployment/operations/recovery.py) end to end: real HAProxy,
+Redis and gunicorn instances, Node's socket.io-client as the room's members (tests/deployment/node/recovery-member.mjs),
+a python-socketio sender, and a raw Socket.IO client for what an official client never sends (forged pids,
+foreign offsets). The scenarios are scenarios_recovery.py's; nothing here asserts on speed."""
 
 import json
 import secrets
@@ -10,13 +10,15 @@ import time
 
 import pytest
 import websocket
-from measure_recovery import Sender, cut_sessions, scenario
 from native_stack import ROOT
+from scenarios_recovery import Sender, cut_sessions, scenario
 
 from deployment.settings import ConfigError, Settings
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()),
+    not (
+        shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()
+    ),
     reason="needs node and `npm ci` (scripts/test does both)",
 )
 
@@ -234,7 +236,7 @@ def test_cut_sessions_keeps_other_connections(own_stack, clients):
 def test_redis_outage_with_recovery_keeps_instances_serving_and_delivery_resumes(own_stack):
     """tests/deployment/test_faults.py's Redis outage with recovery on: emits fall back to the queue's own path (this
     instance's clients, no offset) and nothing breaks while Redis is away."""
-    from measure_faults import scenario_redis_outage
+    from scenarios_faults import scenario_redis_outage
     from test_faults import assert_served_through_the_redis_outage
 
     result = scenario_redis_outage(own_stack(**RECOVERY), clients=9, outage_s=4, emits_during=40)
@@ -262,8 +264,7 @@ def test_a_restored_socket_gets_its_session_and_nothing_live_before_its_replay()
 
     from flask_socketio import _ManagedSession
 
-    from deployment.patches.connection_recovery import Restore
-    from deployment.patches.connection_recovery import RecoveryManager
+    from deployment.patches.connection_recovery import RecoveryManager, Restore
 
     class Server:  # what the manager uses of python-socketio's Server here
         environ = {"E1": {}}
@@ -289,8 +290,7 @@ def test_replay_sends_the_missed_packets_in_order_with_their_offsets_binary_incl
     from socketio import packet as sio_packet
     from socketio.packet import Packet
 
-    from deployment.patches.connection_recovery import Restore
-    from deployment.patches.connection_recovery import RecoveryManager
+    from deployment.patches.connection_recovery import RecoveryManager, Restore
 
     sent = []
 
@@ -353,21 +353,22 @@ def test_recovered_reads_the_namespaces_the_connection_was_restored_in():
         assert not recovered()  # a new session, or recovery off
 
 
-def test_first_client_of_a_fresh_instance_gets_what_its_connect_handler_emits(own_stack):
+def test_first_client_of_a_fresh_instance_gets_its_first_emit_back(own_stack):
     """With recovery an instance's own clients get emits back through its subscription, which the first
-    connection starts: the demo's welcome (emitted by the connect handler) must not go out before it exists."""
+    connection starts: the first emit, sent as soon as the first client is connected, must wait for it."""
     import socketio
 
     url = own_stack(replicas=1, **RECOVERY).status()["url"]
     got = []
     client = socketio.Client(reconnection=False)
-    client.on("welcome", lambda *args: got.append(args), namespace="/demo")
-    client.connect(url, namespaces=["/demo"], transports=["polling"], auth={"user": "first"}, wait_timeout=10)
+    client.on("broadcast", lambda *args: got.append(args))
+    client.connect(url, transports=["polling"], wait_timeout=10)
     try:
+        client.emit("broadcast", {"first": True})  # no ack to wait for: the emit goes out at once
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert got and got[0][0]["user"] == "first" and got[0][0]["recovered"] is False, got
+        assert got and got[0][0] == {"first": True}, got  # with recovery the offset follows as a last argument
     finally:
         client.disconnect()
 

@@ -8,11 +8,11 @@ import pytest
 import redis
 import requests
 import socketio
-from conftest import stack_env
 from native_stack import Stack, free_port, port_is_free, wait_for
+from scenarios_faults import stack_env
 
-from deployment.settings import ConfigError, Settings, mask_url_password
 from deployment.operations.message_queue import close_client, parse_sentinel_url, redis_client
+from deployment.settings import ConfigError, Settings, mask_url_password
 
 SERVICE = "mymaster"
 
@@ -248,25 +248,6 @@ def test_sign_in_through_haproxy_then_connect(stack, master, clients):
     assert client.call("say", {"room": room, "message": "hello"}, timeout=5) == {"ok": True}
     assert client.wait_for("message", timeout=5)
     assert client.events("message")[0]["user"] == name
-
-
-def test_demo_presence_across_instances_is_kept_on_the_master(stack, master):
-    apps = stack.status()["apps"][:2]
-    room = uuid.uuid4().hex
-    members = []
-    try:
-        for i, app in enumerate(apps):
-            name = f"p{i}-{uuid.uuid4().hex[:6]}"
-            client = socketio.Client(http_session=signed_in_session(app["url"], name), reconnection=False)
-            client.connect(app["url"], namespaces=["/demo"], transports=["polling"], wait_timeout=5)
-            members.append(client)
-            reply = client.call("join", {"room": room}, namespace="/demo", timeout=5)
-        seen = {(member["user"][:2], member["instance"]) for member in reply["presence"]["members"]}
-        assert seen == {("p0", apps[0]["name"]), ("p1", apps[1]["name"])}
-        assert master.hlen(f"flask-socketio:presence:room:{room}") == 2
-    finally:
-        for client in members:
-            client.disconnect()
 
 
 def test_control_unknown_service_reports_queue_down(sentinel, tmp_path, request):

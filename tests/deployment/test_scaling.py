@@ -17,8 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from native_stack import MAX_REPLICAS, Stack, StackError, free_port, haproxy_command
+from native_stack import MAX_REPLICAS, ROOT, Stack, StackError, free_port, haproxy_command
 from ruamel.yaml import YAML
 
 # a scaled-down instance drains for DRAIN_SECONDS, then closes its sockets over CLOSE_SPREAD_SECONDS

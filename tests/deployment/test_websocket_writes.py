@@ -1,5 +1,5 @@
-"""deployment/patches/websocket_writes.py: packets for an idle WebSocket go out from the event loop's outbox, and a client
-that does not read holds up no one. Real engineio Sockets and python-engineio's own WebSocket handler over a
+"""deployment/patches/websocket_writes.py: packets for an idle WebSocket go out from the event loop's outbox, and a
+client that does not read holds up no one. Real engineio Sockets and python-engineio's own WebSocket handler over a
 real socket pair, the peer parsing frames the way a client would; then the same through a real stack."""
 
 import fcntl
@@ -23,8 +23,8 @@ from engineio import socket as engineio_socket
 from geventwebsocket import websocket as gws
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployment.settings import Settings
 from deployment.patches import websocket_speedups, websocket_writes
+from deployment.settings import Settings
 
 log = logging.getLogger("test_websocket_writes")
 

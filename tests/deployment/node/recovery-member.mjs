@@ -1,4 +1,4 @@
-// A room member for tests/deployment/test_recovery.py and scripts/measure_recovery.py: one Node socket.io-client socket
+// A room member for tests/deployment/test_recovery.py and bench/measure_recovery.py: one Node socket.io-client socket
 // that joins a room, records every "message" it gets (with the offset the server appends), and every
 // (re)connect with its socket id and `socket.recovered`. It joins the room again only after a connect that
 // was not a recovery (what an app does). Prints {"joined": true, "instance": ...} once in the room, then,

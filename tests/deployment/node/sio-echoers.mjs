@@ -1,5 +1,5 @@
 // Many Node socket.io-client clients in one process, each echoing for a while; used by
-// tests/deployment/test_per_address_limits.py and scripts/measure_limits.py.
+// tests/deployment/test_per_address_limits.py and bench/measure_limits.py.
 // usage: node tests/deployment/node/sio-echoers.mjs '{"url": "...", "clients": 200, "durationMs": 60000, "echoEveryMs": 500}'
 // Options: transports (["polling"]), localAddress (the source address of every connection), echoEveryMs (0: the
 // next echo as soon as the ack is back), reconnection (false), reconnectionDelay / reconnectionDelayMax (ms),

@@ -1,6 +1,6 @@
-"""The worker side of scripts/memory_breakdown.py (imported only by its wrapper gunicorn config, never by the app):
+"""The worker side of bench/memory_breakdown.py (imported only by its wrapper gunicorn config, never by the app):
 tracemalloc from post_worker_init on, and a greenlet that writes a snapshot and a census of live objects when
-scripts/memory_breakdown.py asks for one (a NAME.req file in the probe folder)."""
+bench/memory_breakdown.py asks for one (a NAME.req file in the probe folder)."""
 
 import gc
 import json

@@ -1,8 +1,8 @@
 """The figures of docs/docker.md#measured: how long `up --build` takes from cold, each image's size, how long
 the clients of a killed replica are away, and what compose prints when the engine is missing or the port is
-taken. Writes bench/results/docker/latest.json; scripts/readme_figures.py puts it into the docs.
+taken. Writes bench/results/docker/latest.json; bench/figures.py puts it into the docs.
 
-    .venv/bin/python scripts/measure_docker.py [--rebuild-standins]
+    .venv/bin/python bench/measure_docker.py [--rebuild-standins]
 
 Cold means: no image of the project and no build cache, the base images present (stand-ins here, built by
 scripts/standin-images; --rebuild-standins also times building those from a new debootstrap). Uses a compose
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from docker_stack import ROOT, ComposeStack, DockerEngine, Fleet, docker, run, standin_env  # noqa: E402
 

@@ -1,15 +1,18 @@
-"""Writes the measured figures of the README and docs/ from the scripts' own result files, so no figure is typed
-by hand:
+"""Writes the measured figures of docs/ (and deployment/patches/README.md) from the measuring scripts' own result
+files, so no figure is typed by hand:
 
-- docs/operations.md: the fault table, from docs/faults.json (measured by scripts/measure_faults.py), and the
-  connection state recovery figures, from bench/results/recovery/ (scripts/measure_recovery.py) and
-  bench/results/recovery-ab/ (bench/run, recovery on against off); docs/configuration.md and README.md: a
-  line of those;
-- docs/performance.md: the goals, the before/after table and the benchmark tables, from bench/results/*.json
-  (measured by bench/run); docs/scaling.md: the capacity table; README.md: the headline figures.
+- docs/operations.md: the fault table, from docs/faults.json (measured by bench/measure_faults.py), and the
+  connection state recovery figures, from bench/results/recovery/ (bench/measure_recovery.py) and
+  bench/results/recovery-ab/ (bench/run, recovery on against off); docs/configuration.md: a line of those;
+- docs/performance.md: the summary, the goals, the before/after table, the benchmark tables and the memory
+  figures, from bench/results/ (measured by bench/run and bench/memory_breakdown.py); docs/scaling.md: the
+  capacity table; docs/docker.md: bench/measure_docker.py's figures; deployment/patches/README.md: each
+  speedup's A/B.
 
-    .venv/bin/python scripts/readme_figures.py          # rewrite the marked sections of those files
-    .venv/bin/python scripts/readme_figures.py --check  # exit 1 if one of them is out of date (a test runs it)
+The README carries no figures: it links to docs/performance.md.
+
+    .venv/bin/python bench/figures.py          # rewrite the marked sections of those files
+    .venv/bin/python bench/figures.py --check  # exit 1 if one of them is out of date (bench/tests runs it)
 """
 
 import json
@@ -17,8 +20,9 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "bench")]
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
 
 
 def load(name):
@@ -37,7 +41,7 @@ def fault_table():
     return measure_faults.table(doc["results"], doc["meta"])
 
 
-RECOVERY_FAULTS = "recovery/latest.json"  # scripts/measure_recovery.py
+RECOVERY_FAULTS = "recovery/latest.json"  # bench/measure_recovery.py
 RECOVERY_AB = "recovery-ab/latest.json"  # bench/run --systems template,template+CONNECTION_STATE_RECOVERY=true
 RECOVERY_ON = "template+CONNECTION_STATE_RECOVERY=true"
 RECOVERY_AA = "template+CONNECTION_STATE_RECOVERY=false"  # the template again, named apart: the A/A
@@ -79,7 +83,7 @@ def recovery_table():
     faults, ab = load(RECOVERY_FAULTS), load(RECOVERY_AB)
     results, meta = faults["results"], faults["meta"]
     lines = [
-        f"**What it buys** (`scripts/measure_recovery.py`, {meta['date']}, {meta['machine']}): {meta['members']} "
+        f"**What it buys** (`bench/measure_recovery.py`, {meta['date']}, {meta['machine']}): {meta['members']} "
         f"Node `socket.io-client` members of a room, a sender saying {meta['rate']:g} numbered messages per "
         "second to it, 3 instances; the fault hits the instance with most members (not the sender's).",
         "",
@@ -135,7 +139,7 @@ def recovery_table():
     )
     if on and off:
         lines += [
-            f"| Redis memory per 1,000 idle WebSocket clients (`scripts/measure_recovery.py`) | "
+            f"| Redis memory per 1,000 idle WebSocket clients (`bench/measure_recovery.py`) | "
             f"{on['redis_memory_mb_per_1000_clients']:.2f} MB on, "
             f"{off['redis_memory_mb_per_1000_clients']:.2f} MB off | |",
             f"| Redis CPU per 1,000 idle WebSocket clients (heartbeats, record refreshes) | "
@@ -145,22 +149,6 @@ def recovery_table():
             f"{on['redis_bytes_per_packet_kept']} bytes; at most 10,000 packets, none older than the window | |",
         ]
     return "\n".join(lines)
-
-
-def recovery_line():
-    """README's faults paragraph: one line of the figures above."""
-    results = load(RECOVERY_FAULTS)["results"]
-    kill_on, kill_off = results["kill/recovery=true"], results["kill/recovery=false"]
-    affected, recovered = fault_row(kill_on)
-    rate = load(RECOVERY_FAULTS)["meta"]["rate"]
-    return (
-        f"With `CONNECTION_STATE_RECOVERY=true` (off by default) a `kill -9` under {rate:g} room messages/s"
-        f" cost its {len(affected)} clients {kill_on['lost_total']} messages and "
-        f"{kill_on['duplicates_total']} duplicates ({recovered} of {len(affected)} back with the same id and rooms, "
-        f"the last missed message in by {kill_on['fault_to_last_missed_ms_max'] / 1000:.1f} s); without it the "
-        f"same kill lost {kill_off['lost_total']} "
-        "([connection state recovery](docs/operations.md#connection-state-recovery))."
-    )
 
 
 def recovery_setting():
@@ -387,9 +375,9 @@ def tuning_table():
 MEMORY_CURVE = "memory-curve/latest.json"  # bench/run --scenarios memory_curve --out bench/results/memory-curve
 MEMORY_CURVE_AFTER = "memory-curve-after/latest.json"  # the same after the first cut (--systems template,node)
 MEMORY_CURVE_PARKED = "memory-curve-parked/latest.json"  # after the second cut, idle WebSockets parked
-MEMORY_BREAKDOWN = "memory-breakdown.json"  # scripts/memory_breakdown.py --env WEBSOCKET_WRITER_ON_DEMAND=false
+MEMORY_BREAKDOWN = "memory-breakdown.json"  # bench/memory_breakdown.py --env WEBSOCKET_WRITER_ON_DEMAND=false
 MEMORY_BREAKDOWN_AFTER = "memory-breakdown-on-demand.json"  # --env SPEEDUPS_SKIP=idle_websockets (the first cut)
-MEMORY_BREAKDOWN_PARKED = "memory-breakdown-parked.json"  # scripts/memory_breakdown.py, as shipped
+MEMORY_BREAKDOWN_PARKED = "memory-breakdown-parked.json"  # bench/memory_breakdown.py, as shipped
 # (file, title) of each curve, oldest first; the last one that exists is the template as shipped
 MEMORY_CURVES = (
     (MEMORY_CURVE, "Before the cuts (the template as it was on main)"),
@@ -432,7 +420,7 @@ def curve_note(name, title):
 
 
 def memory_breakdown_note():
-    """docs/performance.md, Where it goes: scripts/memory_breakdown.py's results, before and after each cut."""
+    """docs/performance.md, Where it goes: bench/memory_breakdown.py's results, before and after each cut."""
     measured = [
         (name, load(name), title)
         for name, title in (
@@ -506,7 +494,7 @@ def memory_breakdown_note():
 
 
 def headline():
-    """The README's few figures: the shipped template against Node's socket.io and python-socketio on ASGI."""
+    """docs/performance.md's summary: the shipped template against Node's socket.io and python-socketio on ASGI."""
     doc = load("latest.json")
 
     def get(scenario, system, key):
@@ -571,7 +559,7 @@ def headline():
             f"{at('template', 10000):.0f} KB with 10,000 (Node {at('node', 5000):.0f} and {at('node', 10000):.0f} KB), "
             f"about {1024 * 1024 / at('template', 10000):,.0f} idle clients per GiB of app memory (Node "
             f"{1024 * 1024 / at('node', 10000):,.0f}): see "
-            "[docs/performance.md](docs/performance.md#memory-per-connection)."
+            "[Memory per connection](#memory-per-connection)."
         )
     return text
 
@@ -808,10 +796,8 @@ def after_pruning():
     return "\n".join(lines)
 
 
-# Which generated sections each file holds, between <!-- figures:NAME (scripts/readme_figures.py) --> and
-# <!-- /figures:NAME -->.
 def docker_report():
-    """docs/docker.md#measured, from scripts/measure_docker.py."""
+    """docs/docker.md#measured, from bench/measure_docker.py."""
     doc = load("docker/latest.json")
     up, kill = doc["up"], doc["kill"]
     rows = [
@@ -841,9 +827,11 @@ def docker_report():
     return "\n".join(rows + images) + "\n" + machine
 
 
+# Which generated sections each file holds, between <!-- figures:NAME (bench/figures.py) --> and
+# <!-- /figures:NAME -->.
 TARGETS = {
-    "README.md": {"headline": headline, "recovery": recovery_line},
     "docs/performance.md": {
+        "headline": headline,
         "goals": goals_table,
         "tuning": tuning_table,
         "bench": bench_tables,
@@ -861,7 +849,7 @@ TARGETS = {
 
 def render(text, sections, path):
     for name, make in sections.items():
-        begin, end = f"<!-- figures:{name} (scripts/readme_figures.py) -->", f"<!-- /figures:{name} -->"
+        begin, end = f"<!-- figures:{name} (bench/figures.py) -->", f"<!-- /figures:{name} -->"
         if begin not in text or end not in text:
             raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
         head, rest = text.split(begin, 1)
@@ -884,7 +872,7 @@ def main(argv):
             (ROOT / path).write_text(wanted)
             print(f"wrote the figures in {path}")
     if stale:
-        print(f"figures out of date in {', '.join(stale)}: run .venv/bin/python scripts/readme_figures.py")
+        print(f"figures out of date in {', '.join(stale)}: run .venv/bin/python bench/figures.py")
         return 1
     return 0
 

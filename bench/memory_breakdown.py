@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where an open WebSocket connection's memory goes in one instance: bytes per connection by holder.
 
-    .venv/bin/python scripts/memory_breakdown.py     # 1,000 clients: bench/results/memory-breakdown.json
-    .venv/bin/python scripts/memory_breakdown.py --clients 2000 --env READ_BUFFER_SIZE=2048 --out /tmp/x.json
+    .venv/bin/python bench/memory_breakdown.py     # 1,000 clients: bench/results/memory-breakdown.json
+    .venv/bin/python bench/memory_breakdown.py --clients 2000 --env READ_BUFFER_SIZE=2048 --out /tmp/x.json
 
 One gunicorn instance exactly as shipped (gunicorn.conf.py, wsgi:app, APP_ENV=production, no Redis: the per-
 connection state is the same with it), plus a probe added by a wrapper config: post_worker_init starts
@@ -40,7 +40,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import native_stack  # noqa: E402  (free_port, pid helpers)
 
@@ -70,7 +71,7 @@ HOLDERS = [
 ]
 
 PROBE_CONF = r"""
-# written by scripts/memory_breakdown.py: the shipped gunicorn.conf.py plus a memory probe in the worker
+# written by bench/memory_breakdown.py: the shipped gunicorn.conf.py plus a memory probe in the worker
 import runpy as _runpy
 _shipped = _runpy.run_path({conf!r})
 globals().update({{k: v for k, v in _shipped.items() if not k.startswith("__")}})
@@ -80,7 +81,7 @@ _shipped_post_worker_init = _shipped["post_worker_init"]
 def post_worker_init(worker):
     _shipped_post_worker_init(worker)
     import sys
-    sys.path.insert(0, {scripts!r})
+    sys.path.insert(0, {bench!r})
     import memory_breakdown_probe
     memory_breakdown_probe.start({probe_dir!r})
 """
@@ -161,9 +162,7 @@ def main(argv=None):
 
     probe_dir = tempfile.mkdtemp(prefix="memory-breakdown-")
     conf = Path(probe_dir) / "gunicorn_probe.conf.py"
-    conf.write_text(
-        PROBE_CONF.format(conf=str(ROOT / "gunicorn.conf.py"), scripts=str(ROOT / "scripts"), probe_dir=probe_dir)
-    )
+    conf.write_text(PROBE_CONF.format(conf=str(ROOT / "gunicorn.conf.py"), bench=str(BENCH), probe_dir=probe_dir))
     port = native_stack.free_port()
     env = dict(os.environ)
     for key in [k for k in env if k.startswith(("REDIS_", "SPEEDUPS"))]:
@@ -247,7 +246,7 @@ def main(argv=None):
     holders, sites = breakdown(before, after, n, suspended)
     per = lambda key: round((census1[key] - census0[key]) / n, 1)  # noqa: E731
     doc = {
-        "command": "scripts/memory_breakdown.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "bench/memory_breakdown.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "clients": a.clients,
         "connected": step["connected"],
