@@ -17,7 +17,7 @@ from deployment.operations import (
 )
 from deployment.operations import install as install_operations
 from deployment.operations.engineio_headers import EngineIOHeaders
-from deployment.patches import install_speedups
+from deployment.operations.speedups import install_speedups
 from deployment.settings import ConfigError, Settings
 
 __all__ = ["ConfigError", "Deployment", "EngineIOHeaders", "Settings"]

@@ -12,13 +12,25 @@ from email.utils import formatdate
 from time import time
 from urllib.parse import quote
 
-from deployment.patches import SPEEDUP_NAMES  # the names only: importing the package installs nothing
-
 # Keys that must never be used outside development: they are public (in this repo or in tutorials).
 KNOWN_UNSAFE_SECRET_KEYS = {"", "dev", "changeme", "change-me", "secret", "development", "please-change-me"}
 SAMESITE_VALUES = {"Strict", "Lax", "None"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+# The speedups, in install order (deployment/operations/speedups.py installs them; SPEEDUPS, SPEEDUPS_SKIP).
+# Named here, where gunicorn's master checks the settings before any worker starts.
+SPEEDUP_NAMES = (
+    "event_context",
+    "session_cache",
+    "json_codec",
+    "pywsgi_speedups",
+    "websocket_speedups",
+    "connection_memory",
+    "websocket_writes",
+    "idle_websockets",
+)
 
 
 class ConfigError(ValueError):

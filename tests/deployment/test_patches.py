@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment.patches import SPEEDUP_NAMES
-from deployment.settings import ConfigError, Settings
+from deployment.settings import SPEEDUP_NAMES, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +21,9 @@ PROBE = r"""
 import importlib, json, logging, sys, types
 options = json.loads(sys.argv[1])
 import deployment.patches
-from deployment.patches import SPEEDUP_NAMES
-modules = {name: importlib.import_module(f"deployment.patches.{name}") for name in SPEEDUP_NAMES}
+from deployment.settings import SPEEDUP_NAMES
+from deployment.operations.speedups import module_of
+modules = {name: module_of(name) for name in SPEEDUP_NAMES}
 faked = options["fake_mismatch"]
 if faked:
     module = modules[faked]
@@ -137,7 +137,7 @@ def test_a_version_it_was_not_verified_against_keeps_it_off(name):
     [line] = [line for line in result["log"] if line.startswith(f"patch {name} stays off: ")]
     assert "is not a version it was verified against" in line
     for dependent in dependents:
-        assert [line for line in result["log"] if line.startswith(f"patch {dependent} stays off: it needs ")]
+        assert [line for line in result["log"] if line.startswith(f"speedup {dependent} stays off: it needs ")]
     assert len([line for line in result["log"] if "stays off" in line]) == 1 + len(dependents), result["log"]
     assert result["echo"] == {"n": 1} and result["healthz"] == 200
     others_on = [

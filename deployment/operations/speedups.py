@@ -1,0 +1,52 @@
+"""The speedups: faster or leaner ways for the libraries to do what they do, each measured by the benchmark
+(deployment/patches/README.md). SPEEDUPS=off installs none of them, so the libraries run as released;
+SPEEDUPS_SKIP=name,... leaves single ones off.
+
+Each speedup is a module with `install(socketio, app, settings)`, which returns whether it is now on, and may
+declare `VERIFIED` (library versions, and Python where it relies on CPython details: with others installed it
+stays off, one log line) and `REQUIRES` (speedups it only works on top of: without one of them it stays off, one
+log line). The start log names exactly the speedups that run.
+"""
+
+import importlib
+import logging
+
+from deployment.patches import pins
+from deployment.settings import SPEEDUP_NAMES
+
+log = logging.getLogger("patches")
+
+# name -> module: in deployment/patches/ where the speedup replaces a library's internals
+MODULES = {name: f"deployment.patches.{name}" for name in SPEEDUP_NAMES}
+
+
+def module_of(name):
+    return importlib.import_module(MODULES[name])
+
+
+def install_speedups(socketio, app, settings):
+    """After socketio.init_app(app) and the operations layer: the speedups this configuration asks for, in
+    SPEEDUP_NAMES' order. Returns the names of those that are on."""
+    if not settings.speedups:
+        log.info("SPEEDUPS=off: the stock libraries run, no speedup installed")
+        return []
+    installed = []
+    for name in SPEEDUP_NAMES:
+        if name in settings.speedups_skip:
+            continue
+        module = module_of(name)
+        missing = [needed for needed in getattr(module, "REQUIRES", ()) if needed not in installed]
+        if missing:
+            log.warning(
+                "speedup %s stays off: it needs %s, which %s off",
+                name,
+                ", ".join(missing),
+                "is" if len(missing) == 1 else "are",
+            )
+            continue
+        if hasattr(module, "VERIFIED") and not pins.verified(name, module.VERIFIED):
+            continue
+        if module.install(socketio, app, settings) is not False:
+            installed.append(name)
+    log.info("speedups on: %s", ", ".join(installed) or "none")
+    return installed
