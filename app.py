@@ -6,16 +6,15 @@ gunicorn (wsgi.py)       one instance of the stack; HAProxy and Redis join the i
 
 import os
 
-from flask import Flask
-
 import demo  # the demo chat (delete demo/ and the two lines naming it: README.md, Make it yours)
 from application import events, routes, settings  # noqa: F401  (events registers its handlers on import)
 from application.extensions import deployment, socketio
+from deployment.extension import RealtimeFlask  # Flask, faster on Socket.IO events (same answers)
 
 
 def create_app(deployment_settings=None):
     """deployment_settings: a deployment.settings.Settings (tests); default: read from the environment."""
-    app = Flask(__name__)
+    app = RealtimeFlask(__name__)
     app.config.update(settings.from_env())
     app.register_blueprint(routes.bp)
     demo.init_app(app, socketio)

@@ -68,12 +68,16 @@ def on_starting(server):
         sys.exit("gunicorn.conf.py: refusing preload_app: it imports the app before gevent patches it.")
     # Check the app's settings here, in the master, so a bad one is one clear line, not a boot loop.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from deployment.patches import connection_recovery  # imports no library: safe in the master
     from deployment.settings import ConfigError, Settings
 
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
+    refusal = settings.connection_state_recovery and connection_recovery.refusal(settings.redis_url)
+    if refusal:
+        sys.exit(f"configuration error: {refusal}")
     effective = {
         "bind": cfg.bind,
         "worker_class": cfg.worker_class_str,

@@ -8,6 +8,8 @@ For every variant (`template+NAME=VALUE`) and scenario (memory_curve: at each si
 memory per connection divided by the template's in the same run, for each run, and their median. A variant
 that sets what the template already has (`template+SPEEDUPS=on`) is an A/A: its ratios show the run-to-run
 spread. A ratio above 1 for CPU means the variant (the speedup left off) costs more: the speedup's gain.
+In one run all systems rotate, so a variant may run minutes away from the template; `bench/run --paired`
+(bench/paired_ab.py, tables by bench/paired_report.py) runs each variant next to the template instead.
 """
 
 import json

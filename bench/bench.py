@@ -1035,6 +1035,14 @@ def parse_args(argv):
     p.add_argument("--scaling-runs", type=int, default=None, help="default: --runs")
     p.add_argument("--profile", action="store_true", help="py-spy one template worker in run 1 (raw/py-spy-*.txt)")
     p.add_argument("--profile-scenarios", default="echo_ws", help="which scenarios --profile records")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="paired A/B (bench/paired_ab.py): each template+NAME=VALUE of --systems and the template on one "
+        "scenario back to back, on the scenarios of the rows (ROWS) of the speedups its SPEEDUPS_SKIP names; --pairs rounds; "
+        "the A/A template+SPEEDUPS=on is added if missing; --runs is not used; tables by bench/paired_report.py",
+    )
+    p.add_argument("--pairs", type=int, default=5, help="--paired: pairs per variant and scenario (default 5)")
     p.add_argument("--out", help="results folder (default bench/results, or bench/results/quick with --quick)")
     a = p.parse_args(argv)
     if a.quick:
@@ -1074,6 +1082,8 @@ def parse_args(argv):
         a.curve_runs = a.runs
     if a.out is None:  # a smoke run never overwrites the real results
         a.out = str(BENCH / "results" / ("quick" if a.quick else ""))
+        if a.paired:
+            a.out = str(BENCH / "results" / ("quick-paired" if a.quick else "paired"))
     return a
 
 
@@ -1109,6 +1119,14 @@ def main(argv):
         log(f"template from git ref {a.template_ref} in {snapshot}")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
+    if a.paired:  # bench/paired_ab.py, with this module's stacks, load generator and cleanup
+        import paired_ab
+
+        try:
+            return paired_ab.run(a, sys.modules[__name__])
+        finally:
+            for snapshot in SNAPSHOTS:
+                shutil.rmtree(snapshot, ignore_errors=True)
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     out_dir = Path(a.out)

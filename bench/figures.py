@@ -651,14 +651,26 @@ def speedups_tables():
     benchmark row it serves with its A/B figure, and the test that proves it answers as the library does."""
     import importlib
 
-    from deployment.patches import OPERATIONS_PATCHES, SPEEDUP_NAMES
+    from deployment.operations.speedups import module_of
+    from deployment.patches import OPERATIONS_PATCHES
+    from deployment.settings import SPEEDUP_NAMES
 
     ab = load(AB_FILES[-1])
 
-    def described(module):
-        replaces = "<br>".join(f"`{target}`" for target in module.REPLACES)
-        verified = "<br>".join(f"{dist} {' / '.join(versions)}" for dist, versions in module.VERIFIED.items())
-        return replaces, verified
+    def parts(name):
+        """The speedup's modules: its public door's (deployment/operations/) and its replacement (patches/)."""
+        found = [module_of(name)] if name in SPEEDUP_NAMES else []
+        if (ROOT / "deployment" / "patches" / f"{name}.py").exists():
+            found.append(importlib.import_module(f"deployment.patches.{name}"))
+        return list(dict.fromkeys(found))
+
+    def described(name):
+        targets, verified = [], {}
+        for module in parts(name):
+            targets += [f"door: `{module.DOOR}`"] if hasattr(module, "DOOR") else [f"`{t}`" for t in module.REPLACES]
+            verified.update(getattr(module, "VERIFIED", {}))
+        pins = "<br>".join(f"{dist} {' / '.join(versions)}" for dist, versions in verified.items()) or "(public door)"
+        return "<br>".join(targets), pins
 
     lines = [
         "**Speedups** (`SPEEDUPS=off` turns them all off). *Without it*: the template with this speedup left "
@@ -666,12 +678,12 @@ def speedups_tables():
         "above 1 for CPU or memory and below 1 for throughput means the speedup pays. *A/A*: the template "
         "against itself on the same row, the run-to-run spread.",
         "",
-        "| speedup | replaces | verified against | without it | A/A | proven by |",
+        "| speedup | replaces (or public door) | verified against | without it | A/A | proven by |",
         "|---|---|---|---|---|---|",
     ]
     for name in SPEEDUP_NAMES:
-        module = importlib.import_module(f"deployment.patches.{name}")
-        replaces, verified = described(module)
+        module = module_of(name)
+        replaces, verified = described(name)
         variant = f"template+SPEEDUPS_SKIP={name}"
         figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
         spread = "<br>".join(aa_spread(ab, *row, variant=variant) for row in module.ROWS)
@@ -748,7 +760,7 @@ def speedups_tables():
     ]
     for name in OPERATIONS_PATCHES:
         module = importlib.import_module(f"deployment.patches.{name}")
-        replaces, verified = described(module)
+        replaces, verified = described(name)
         lines.append(f"| `{name}` | {replaces} | {verified} | {module.SERVES} | `{module.PROVEN_BY}` |")
     lines += [
         "",

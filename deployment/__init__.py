@@ -12,7 +12,8 @@ You do not edit this package: you take the next version of the template's `deplo
 `init_app` binds the SocketIO object to the app with the settings' options (Redis message queue, the `io`
 cookie HAProxy sticks on, CORS, ping interval and timeout), then adds what every instance needs: health
 routes, /metrics, sign-in (REQUIRE_LOGIN), per-connection limits, connection logs, security headers,
-connection state recovery, the stack's probe events (PROBES) and the speedups in deployment/patches/.
+connection state recovery, the stack's probe events (PROBES) and the speedups
+(deployment/operations/speedups.py).
 
 Layers (checked by tests/deployment/test_architecture.py): your code -> deployment -> libraries; inside
 it, deployment.operations may use deployment.patches, and deployment.patches uses only the libraries.
@@ -20,4 +21,4 @@ it, deployment.operations may use deployment.patches, and deployment.patches use
 
 # Importing the package imports nothing else: gunicorn.conf.py reads deployment.settings in gunicorn's master,
 # which must not load Flask, redis or gevent before the worker patches them.
-__version__ = "2.0.0"
+__version__ = "2.1.0"

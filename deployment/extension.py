@@ -9,6 +9,7 @@ from deployment.operations import (
     auth,
     emit_cli,
     health,
+    json_codec,
     log_effective_config,
     message_queue,
     metrics,
@@ -17,10 +18,11 @@ from deployment.operations import (
 )
 from deployment.operations import install as install_operations
 from deployment.operations.engineio_headers import EngineIOHeaders
+from deployment.operations.realtime_flask import RealtimeFlask
 from deployment.operations.speedups import install_speedups
 from deployment.settings import ConfigError, Settings
 
-__all__ = ["ConfigError", "Deployment", "EngineIOHeaders", "Settings"]
+__all__ = ["ConfigError", "Deployment", "EngineIOHeaders", "RealtimeFlask", "Settings"]
 
 
 class Deployment:
@@ -63,6 +65,7 @@ class Deployment:
             max_http_buffer_size=settings.max_http_buffer_size,
             async_handlers=settings.async_handlers,  # a handler that waits holds up none of the client's events
             cookie=settings.cookie.engineio_option(),  # the io cookie HAProxy sticks on (IO_COOKIE_*)
+            json=json_codec.json_option(settings, socketio),  # the app's own json=, the speedup's, or engineio's
         )
         app.wsgi_app = self.engineio_headers.wrap(app.wsgi_app)
         install_operations(socketio, app, settings)  # login gate, limits, metrics, logs, headers, recovery

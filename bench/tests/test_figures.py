@@ -19,7 +19,9 @@ def test_the_figures_in_the_docs_are_the_generators_output():
 
 def test_the_deployment_and_its_tests_do_not_depend_on_bench():
     """bench/ can be deleted: nothing the app, the image or the stack's tests run imports from it."""
-    pattern = re.compile(r"^\s*(from|import)\s+(bench|figures|measure_\w+|memory_breakdown\w*|report|ab_report)\b")
+    pattern = re.compile(
+        r"^\s*(from|import)\s+(bench|figures|measure_\w+|memory_breakdown\w*|report|ab_report|paired_ab|paired_report)\b"
+    )
     paths = [ROOT / name for name in ("app.py", "wsgi.py", "gunicorn.conf.py")]
     for folder in ("deployment", "application", "scripts", "tests"):
         paths += sorted((ROOT / folder).rglob("*.py"))

@@ -5,6 +5,11 @@ REQUIRE_LOGIN=true, every Socket.IO connection, to any namespace and whatever yo
 do, first passes `login_gate`: it reads that session from the handshake, may do blocking I/O (here: look the
 user up in Redis; under gevent this only pauses this client), and refuses unknown clients with a clear
 `connect_error` message. REQUIRE_LOGIN=false (the default) keeps the app open to everyone.
+
+The gate runs before each connection's connect handler through deployment/operations/instrument.py's
+HandlerDoor, which wraps every handler as it is registered (python-socketio's public `Server.on()` and
+`register_namespace()`) and gives namespaces without a connect handler one: public doors only, so it holds
+whatever the python-socketio version.
 """
 
 import re
@@ -13,8 +18,8 @@ import redis
 from flask import Blueprint, current_app, jsonify, request, session
 from flask_socketio import ConnectionRefusedError
 
+from deployment.operations import instrument
 from deployment.operations.message_queue import redis_client
-from deployment.patches import socketio_hooks
 
 bp = Blueprint("auth", __name__)
 
@@ -104,30 +109,21 @@ REFUSAL = "sign in first: POST /login with {'name': ...}, then connect again"
 
 
 def login_gate(app):
-    """The socketio_hooks wrapper of every handler call: a `connect` (any namespace) without a signed-in user
-    is refused before the namespace's own handler runs."""
+    """gate(namespace, sid, environ) for instrument.add_connect_gate: a `connect` (any namespace) without a
+    signed-in user is refused before the namespace's own handler runs."""
 
-    def trigger_event(original, event, namespace, *args):
-        if event == "connect":
-            environ = args[1] if len(args) > 1 else {}
-            with app.request_context(environ):  # the Flask session of the handshake request
-                user = signed_in_user()
-            if user is None:
-                raise ConnectionRefusedError(REFUSAL)
-        return original(event, namespace, *args)
+    def gate(namespace, sid, environ):
+        with app.request_context(environ or {}):  # the Flask session of the handshake request
+            user = signed_in_user()
+        if user is None:
+            raise ConnectionRefusedError(REFUSAL)
 
-    return trigger_event
+    return gate
 
 
 def install(socketio, app, settings):
-    """After socketio.init_app(app): REQUIRE_LOGIN=true puts the login gate on every connection, or refuses to
-    start when it cannot (a python-socketio version the hooks were not verified against)."""
+    """After socketio.init_app(app): REQUIRE_LOGIN=true puts the login gate on every connection; True then."""
     if not settings.require_login:
         return False
-    if not socketio_hooks.install(socketio.server, trigger_event=login_gate(app)):
-        raise RuntimeError(
-            "REQUIRE_LOGIN=true cannot be enforced: the installed python-socketio/python-engineio are not versions "
-            f"deployment/patches/socketio_hooks.py was verified against ({socketio_hooks.VERIFIED}); install those "
-            "(requirements.txt) or take the template's next deployment/ version"
-        )
+    instrument.add_connect_gate(socketio.server, login_gate(app))
     return True

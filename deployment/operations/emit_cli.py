@@ -81,6 +81,8 @@ def emit(event, data, room, namespace):
         subscribers = emit_event(
             url, channel, event, payload, room=room, namespace=namespace, recovery_window=recovery_window
         )
+    except ConfigError as exc:  # e.g. CONNECTION_STATE_RECOVERY=true on a version recovery was not verified against
+        raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis: {type(exc).__name__}: {exc}") from None
     target = f"room {room!r}" if room else "every client"

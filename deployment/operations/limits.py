@@ -288,6 +288,7 @@ def install(socketio, settings):
     if not isinstance(socketio.default_exception_handler, ErrorHandler):
         socketio.on_error_default(ErrorHandler(fallback=socketio.default_exception_handler))
     # on every namespace with decorated handlers; not where a class-based Namespace serves (it would shadow it)
-    for namespace in list(server.handlers) or ["/"]:
+    # ("*", the catch-all namespace, is no namespace of its own: a catch-all there would shadow class-based ones)
+    for namespace in [name for name in server.handlers if name != "*"] or ["/"]:
         if "*" not in server.handlers.get(namespace, {}) and namespace not in server.namespace_handlers:
             socketio.on("*", namespace=namespace)(unknown_event)

@@ -4,16 +4,21 @@
 REDIS_URL: one process, no queue). It first waits up to REDIS_WAIT_SECONDS for Redis, logging what it
 waits for, then starts anyway: an instance never crash-loops because Redis is late or gone.
 
-`QueueManager` (deployment/patches/queue_manager.py) is python-socketio's RedisManager with four changes, all about
-Redis being away:
+The manager is `QueueManager` (deployment/operations/queue_manager.py), a backend on python-socketio's public
+pub/sub base (`socketio.PubSubManager`: it implements `_publish` and `_listen`, as python-socketio's own Redis,
+Kafka and Kombu managers do). It replaces nothing of python-socketio, so it is not pinned: it runs with whatever
+python-socketio is installed. What it does about Redis being away or hung:
 
-- Emits are always delivered to this instance's own clients first (python-socketio does that), then
+- Emits are always delivered to this instance's own clients first (python-socketio's base does that), then
   published for the other instances. While Redis is unreachable the publish is dropped: one WARNING when
   it starts ("message queue unreachable ..."), one every LOG_EVERY seconds with the count of dropped
-  messages, one when it is back. python-socketio logs two ERROR lines per emit instead, without the reason.
-- A publish waits at most SOCKET_TIMEOUT seconds (python-socketio: forever, if Redis hangs), and while
-  Redis is known to be down only one publish per RETRY_SECONDS tries to reconnect: the others are dropped
-  at once instead of each paying a connect timeout.
+  messages, one when it is back. python-socketio's RedisManager logs two ERROR lines per emit instead.
+- A publish waits at most SOCKET_TIMEOUT seconds (python-socketio's RedisManager: twice redis-py's default
+  socket timeout, 10s with redis-py 8, and on every emit while Redis hangs), and while Redis is known to be
+  down only one publish per RETRY_SECONDS tries again: the others are dropped at once instead of each paying a
+  timeout. tests/deployment/test_queue_manager.py and test_faults.py hang Redis (SIGSTOP) to show it.
+  "Dropped" means not confirmed: a PUBLISH that timed out on a hung Redis was already written, and Redis may
+  still run it (and deliver it late) when it goes on.
 - The subscriber reconnects every RETRY_SECONDS at most (python-socketio backs off up to 60s), so
   cross-instance delivery resumes within about a second of Redis coming back, with one log line each way.
 - TCP keepalive on both connections, so a Redis that vanished without closing them is noticed.
@@ -22,9 +27,9 @@ Redis being away:
 redis:// and rediss:// through redis.Redis.from_url, redis+sentinel://host:port,.../db/service through
 redis.sentinel.Sentinel(...).master_for(service), which finds the current primary again after a failover.
 
-QueueManager overrides non-public methods of python-socketio's RedisManager, so it lives in
-deployment/patches/queue_manager.py, pinned: with another python-socketio version `connect()` gives
-python-socketio's own RedisManager (one log line) and the app still works, without the four changes above.
+With CONNECTION_STATE_RECOVERY=true the manager is deployment/operations/recovery.py's RecoveryManager (the same
+queue, with the recovery stream); that one does replace internals of python-socketio, so with a version it was
+not verified against, or without REDIS_URL, `connect()` refuses the start (ConfigError, one line).
 """
 
 from __future__ import annotations
@@ -34,16 +39,24 @@ import time
 from urllib.parse import unquote
 
 import redis
-import socketio
 from redis.sentinel import Sentinel
 from socketio.redis_manager import parse_redis_sentinel_url
 
-from deployment.patches import connection_recovery, pins
-from deployment.patches import queue_manager as patched
-from deployment.patches.queue_manager import LOG_EVERY, RETRY_SECONDS, SOCKET_TIMEOUT, describe, log
+from deployment.operations import recovery
+from deployment.operations.queue_manager import LOG_EVERY, RETRY_SECONDS, SOCKET_TIMEOUT, QueueManager, describe, log
 from deployment.settings import mask_url_password
 
-__all__ = ["LOG_EVERY", "RETRY_SECONDS", "SOCKET_TIMEOUT", "close_client", "connect", "describe", "redis_client"]
+__all__ = [
+    "LOG_EVERY",
+    "RETRY_SECONDS",
+    "SOCKET_TIMEOUT",
+    "QueueManager",
+    "close_client",
+    "connect",
+    "describe",
+    "queue_manager",
+    "redis_client",
+]
 
 KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
 
@@ -132,7 +145,8 @@ def wait_for_redis(url, seconds, display_url):
 
 def connect(settings):
     """The client manager for create_app(): None without REDIS_URL, else a queue manager (after waiting for
-    Redis up to REDIS_WAIT_SECONDS)."""
+    Redis up to REDIS_WAIT_SECONDS). ConfigError (one line) if CONNECTION_STATE_RECOVERY=true cannot run here."""
+    recovery.check(settings)
     if not settings.redis_url:
         return None
     display_url = mask_url_password(settings.redis_url)
@@ -148,19 +162,11 @@ def connect(settings):
 
 
 def queue_manager(url, channel, display_url=None, recovery_window=None, **kwargs):
-    """deployment/patches/queue_manager.py's QueueManager while python-socketio is a version it was verified
-    against, else python-socketio's own RedisManager (it works, without the outage handling described above). With
-    `recovery_window` (CONNECTION_STATE_RECOVERY) and a verified version, the QueueManager with connection state
-    recovery (deployment/patches/connection_recovery.py)."""
-    kwargs.update(connect=redis_client, close=close_client)
-    if recovery_window is not None:
-        if pins.verified("connection_recovery", connection_recovery.VERIFIED) and pins.verified(
-            "queue_manager", patched.VERIFIED
-        ):
-            return connection_recovery.RecoveryManager(
-                url, channel=channel, display_url=display_url, window=recovery_window, **kwargs
-            )
-    if pins.verified("queue_manager", patched.VERIFIED):
-        return patched.QueueManager(url, channel=channel, display_url=display_url, **kwargs)
-    del kwargs["connect"], kwargs["close"]
-    return socketio.RedisManager(url, channel=channel, **kwargs)
+    """A QueueManager whose Redis clients come from redis_client(); with `recovery_window`
+    (CONNECTION_STATE_RECOVERY) the RecoveryManager, or ConfigError if the installed libraries are not versions
+    connection recovery was verified against. `kwargs`: the manager's own (write_only, json, ...)."""
+    kwargs.update(channel=channel, display_url=display_url, connect=redis_client, close=close_client)
+    if recovery_window is None:
+        return QueueManager(url, **kwargs)
+    recovery.require(url)
+    return recovery.RecoveryManager(url, window=recovery_window, **kwargs)

@@ -28,16 +28,40 @@ missed entries and publishes a marker; this instance's listener replays them whe
 packets before it come from the replay and packets after it live.
 
 The server side, the session store included, is in deployment/patches/connection_recovery.py (it replaces
-non-public methods of python-socketio, so it is pinned): with
-another version the setting has no effect (one log line) and every connection is a new session.
+non-public methods of python-socketio and uses Flask-SocketIO's session class, so it is pinned);
+`RecoveryManager` here is its manager part on the queue's manager. The setting either runs or stops the start:
+with a python-socketio or Flask-SocketIO version it was not verified against, or without REDIS_URL,
+`check(settings)` (deployment/operations/message_queue.py's connect(), in init_app) raises a ConfigError whose one
+line names the setting, the versions found and what to do.
 """
 
 from __future__ import annotations
 
 from flask import request
 
+from deployment.operations.queue_manager import QueueManager
 from deployment.patches import connection_recovery
-from deployment.patches.connection_recovery import RECOVERED_KEY, STREAM_MAXLEN, log
+from deployment.patches.connection_recovery import RECOVERED_KEY, STREAM_MAXLEN, RecoveryMixin, log
+from deployment.settings import ConfigError
+
+
+class RecoveryManager(RecoveryMixin, QueueManager):
+    """The Redis queue's manager (deployment/operations/queue_manager.py) with connection state recovery:
+    emits through the recovery stream, a session record per socket. `window`: RECOVERY_MAX_DISCONNECTION."""
+
+
+def require(redis_url):
+    """ConfigError (one line: the setting, the versions found, what to do) unless connection state recovery can
+    run: it needs a Redis URL and library versions connection recovery was verified against."""
+    refusal = connection_recovery.refusal(redis_url)
+    if refusal:
+        raise ConfigError(refusal)
+
+
+def check(settings):
+    """require(REDIS_URL) if CONNECTION_STATE_RECOVERY=true."""
+    if settings.connection_state_recovery:
+        require(settings.redis_url)
 
 
 def recovered():
@@ -47,15 +71,19 @@ def recovered():
 
 
 def install(socketio, settings):
-    """Called by operations.install(): puts recovery on the server if the settings ask for it and the manager
-    made by deployment/operations/message_queue.py supports it; else one log line says why it is off."""
+    """Called by operations.install(): puts recovery on the server if the settings ask for it. The manager must
+    be the RecoveryManager deployment/operations/message_queue.py's connect() made (it ran check()); else
+    ConfigError: a setting that asks for recovery never runs without it."""
     if not settings.connection_state_recovery:
         return False
+    check(settings)
     manager = socketio.server.manager
-    if not isinstance(manager, connection_recovery.RecoveryManager):
-        reason = "it needs REDIS_URL" if not settings.redis_url else "patch connection_recovery stays off"
-        log.warning("CONNECTION_STATE_RECOVERY=true has no effect: %s; every connection is a new session", reason)
-        return False
+    if not isinstance(manager, RecoveryMixin):
+        raise ConfigError(
+            f"CONNECTION_STATE_RECOVERY=true needs the message queue's manager made by deployment (found "
+            f"{type(manager).__name__}): pass client_manager=deployment.operations.message_queue.connect(settings) "
+            "to SocketIO.init_app, or set CONNECTION_STATE_RECOVERY=false"
+        )
     connection_recovery.install(socketio.server)
     log.info(
         "connection state recovery on: sessions kept %.0fs after a cut, up to %d packets for replay",

@@ -2,10 +2,12 @@
 (deployment/patches/README.md). SPEEDUPS=off installs none of them, so the libraries run as released;
 SPEEDUPS_SKIP=name,... leaves single ones off.
 
-Each speedup is a module with `install(socketio, app, settings)`, which returns whether it is now on, and may
-declare `VERIFIED` (library versions, and Python where it relies on CPython details: with others installed it
-stays off, one log line) and `REQUIRES` (speedups it only works on top of: without one of them it stays off, one
-log line). The start log names exactly the speedups that run.
+Each speedup is a module with `install(socketio, app, settings)`, which returns True only if it now runs (else
+it logged one line saying why, deployment/patches/pins.py's stays_off), and may declare `VERIFIED` (library
+versions, and Python where it relies on CPython details: with others installed it stays off, one log line),
+`REQUIRES` (speedups it only works on top of: without one of them it stays off, one log line) and `ASYNC_MODES`
+(the servers it serves, e.g. gevent's pywsgi: under another async_mode, such as `flask run`'s threading, it
+stays off, one log line). The start log names exactly the speedups that run.
 """
 
 import importlib
@@ -18,6 +20,9 @@ log = logging.getLogger("patches")
 
 # name -> module: in deployment/patches/ where the speedup replaces a library's internals
 MODULES = {name: f"deployment.patches.{name}" for name in SPEEDUP_NAMES}
+MODULES["event_context"] = "deployment.operations.realtime_flask"  # a Flask subclass; its one patch in patches/
+MODULES["json_codec"] = "deployment.operations.json_codec"  # through SocketIO(json=...)
+MODULES["session_cache"] = "deployment.operations.session_cache"  # through app.session_interface
 
 
 def module_of(name):
@@ -46,7 +51,16 @@ def install_speedups(socketio, app, settings):
             continue
         if hasattr(module, "VERIFIED") and not pins.verified(name, module.VERIFIED):
             continue
-        if module.install(socketio, app, settings) is not False:
+        modes = getattr(module, "ASYNC_MODES", None)
+        if modes and socketio.server.async_mode not in modes:
+            log.warning(
+                "speedup %s stays off: async_mode is %s, it serves %s only",
+                name,
+                socketio.server.async_mode,
+                "/".join(modes),
+            )
+            continue
+        if module.install(socketio, app, settings):  # False or None: it does not run (and said why)
             installed.append(name)
     log.info("speedups on: %s", ", ".join(installed) or "none")
     return installed

@@ -15,7 +15,7 @@ from deployment.patches import pins  # the standard library only: safe to import
 log = logging.getLogger("patches")
 
 # The replacements the operations layer installs itself (not switched by SPEEDUPS).
-OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "queue_manager", "connection_recovery")
+OPERATIONS_PATCHES = ("engineio_packets", "socketio_hooks", "gunicorn_servers", "connection_recovery")
 
 
 def apply(module, *args):

@@ -14,6 +14,14 @@
   it). For a client that started on long-polling, its `wsgi.input` holds the read buffer of an HTTP
   connection the client may have left (pywsgi drops, but never closes it): it gets an empty body instead.
   An Engine.IO handshake is a GET without a body, so handlers see the same request.
+
+Also, on every connection's reads (HTTP and, after the upgrade, WebSocket): gevent's recv() tries the socket
+first and waits only on EAGAIN, so each message read cost two recv() calls, one of them failing; here one
+(ReadAfterWait).
+
+Relies on CPython's io and socket internals (a makefile()'s io.BufferedReader reads through the `readinto` of
+its raw socket.SocketIO, looked up on the instance), on gevent's socket internals (`_wait`, `_read_event`) and on
+pywsgi's `rfile` keyword: VERIFIED pins Python as well as the libraries.
 """
 
 import io
@@ -23,7 +31,7 @@ import gevent
 from engineio import packet
 from engineio import socket as engineio_socket
 
-from deployment.patches import websocket_speedups
+from deployment.patches import pins
 
 try:
     from geventwebsocket.handler import WebSocketHandler
@@ -54,10 +62,38 @@ def send_ping(sock, timer):
         sock.send(packet.Packet(packet.PING))
 
 
+class ReadAfterWait:
+    """A connection's reads from its socket (the raw reads under its buffered reader). gevent's recv() tries the
+    socket first and waits only on EAGAIN, so each message read cost two recv() calls, one of them failing: a
+    read that leaves the kernel's buffer empty makes the next read wait for data first, then make one recv()."""
+
+    __slots__ = ("sock", "drained")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.drained = False  # unknown: try first, as gevent does
+
+    def readinto(self, buffer):
+        sock = self.sock
+        if self.drained:
+            sock._wait(sock._read_event)  # what gevent's recv_into does on EAGAIN, with the socket's timeout
+        count = sock.recv_into(buffer)
+        self.drained = count < len(buffer)
+        return count
+
+
+def read_after_wait(rfile, sock):
+    """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first.
+    Done as pywsgi's handler starts (handler_init), so a WebSocket keeps it after the upgrade."""
+    raw = getattr(rfile, "raw", None)
+    if raw is not None and hasattr(sock, "_read_event"):
+        raw.readinto = ReadAfterWait(sock).readinto
+
+
 def handler_init(read_buffer_size):
     def init(self, sock, address, server, rfile=None):
         rfile = rfile or sock.makefile("rb", read_buffer_size)
-        websocket_speedups.read_after_wait(rfile, sock)  # one recv() per request read, not two
+        read_after_wait(rfile, sock)  # one recv() per request read, not two
         PYWSGI_INIT(self, sock, address, server, rfile)
 
     init.read_buffer_size = read_buffer_size
@@ -80,6 +116,7 @@ VERIFIED = {
     "python-socketio": ("5.18.1",),
     "gevent-websocket": ("0.10.1",),
     "gevent": ("26.9.0",),
+    "python": ("3.11",),  # io.BufferedReader over socket.SocketIO (ReadAfterWait), see the docstring
 }
 REPLACES = [
     "engineio.socket.Socket.schedule_ping",
@@ -91,7 +128,13 @@ ROWS = [("broadcast", "app_rss_kb_per_conn")]  # the benchmark rows it serves (d
 PROVEN_BY = "tests/deployment/test_connection_memory.py"  # same answers as the library's own code
 
 
+ASYNC_MODES = ("gevent",)  # the ping timer and pywsgi's handler: gevent only
+
+
 def install(socketio, app, settings):
+    """True: the ping timer, the read buffer size, one recv() per read and the dropped headers and body run."""
+    if WebSocketHandler is None:
+        return pins.stays_off("connection_memory", "gevent-websocket is not installed")
     engineio_socket.Socket.schedule_ping = schedule_ping
     install_handler(settings.read_buffer_size)
 
@@ -103,3 +146,4 @@ def install(socketio, app, settings):
         return handle_connect(eio_sid, environ, *args)
 
     eio.on("connect", on_connect)
+    return True

@@ -4,14 +4,23 @@ manager, with its session store in Redis.
 python-socketio has no hook for the CONNECT answer (it must carry the session's `pid`, and a restored socket
 its old id) nor for its listener's dispatch (a restore's replay must run at its marker), so this module
 replaces `server._handle_connect` (its code, with the restore and the pid), wraps `server._handle_disconnect`
-(to tell a cut from a client's own disconnect) and overrides `manager._handle_emit` (the marker) and
-`manager._subscribe` (the first emit waits for the subscription that delivers it back; a new subscription
-first delivers from the stream what was published while there was none). The rest uses
-the manager's public methods: `emit` (emits go through the stream), `get_participants` (a restoring socket gets
-nothing live until its replay), `basic_enter_room` / `basic_leave_room` / `disconnect` (the session record).
+(to tell a cut from a client's own disconnect) and overrides `manager._handle_emit` (the marker). A restored
+socket gets its Flask session back in Flask-SocketIO's own session class (`flask_socketio._ManagedSession`),
+so Flask-SocketIO is pinned too. The rest uses the manager's public methods: `emit` (emits go through the
+stream), `get_participants` (a restoring socket gets nothing live until its replay), `basic_enter_room` /
+`basic_leave_room` / `disconnect` (the session record), and hooks of the queue manager it is mixed into.
 
-With another python-socketio version deployment/operations/message_queue.py makes the plain QueueManager and recovery is
-off (one log line). tests/deployment/test_recovery.py is what verifies a new version.
+`RecoveryMixin` is the manager's part; deployment/operations/recovery.py combines it with the queue's manager
+(`class RecoveryManager(RecoveryMixin, QueueManager)`), whose methods it uses: `connect_redis(url, **options)`,
+`socket_timeout`, `known_down()`, `unreachable(error)`, `reachable()` and `on_subscribed()` (the first emit
+waits for the subscription that delivers it back; a new subscription first delivers from the stream what was
+published while there was none).
+
+CONNECTION_STATE_RECOVERY=true with a python-socketio or Flask-SocketIO version other than VERIFIED, or without
+REDIS_URL, refuses the start with one line (`refusal()`; deployment/operations/recovery.py raises it as a
+ConfigError). This module imports python-socketio and Flask-SocketIO only when it runs, so gunicorn's master can
+call `refusal()` before gevent patches the worker. tests/deployment/test_recovery.py is what verifies a new
+version.
 """
 
 from __future__ import annotations
@@ -22,13 +31,10 @@ import logging
 import secrets
 import time
 
-from socketio import exceptions, packet
-from socketio.packet import Packet
+from deployment.patches import pins
 
-from deployment.patches.queue_manager import SOCKET_TIMEOUT, QueueManager, describe
-
-VERIFIED = {"python-socketio": ("5.18.1",)}
-REPLACES = ["server._handle_connect", "server._handle_disconnect", "manager._handle_emit", "manager._subscribe"]
+VERIFIED = {"python-socketio": ("5.18.1",), "flask-socketio": ("5.7.0",)}
+REPLACES = ["server._handle_connect", "server._handle_disconnect", "manager._handle_emit"]
 SERVES = "connection state recovery: same id, rooms and missed packets after a cut (deployment/operations/recovery.py)"
 PROVEN_BY = "tests/deployment/test_recovery.py"
 
@@ -64,6 +70,36 @@ local missed = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+')
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return missed
 """
+
+
+def describe(exc):
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+def unreachable_error(exc):
+    """Whether a failed Redis call means Redis is away or hung (not, say, a script error)."""
+    import redis
+
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError))
+
+
+def refusal(redis_url):
+    """Why CONNECTION_STATE_RECOVERY=true cannot run, in one line naming what to do; None if it can. It needs
+    REDIS_URL, and the library versions this module was verified against (VERIFIED). Imports no library."""
+    if not redis_url:
+        return (
+            "CONNECTION_STATE_RECOVERY=true needs REDIS_URL (sessions and missed packets are kept in Redis): set "
+            "REDIS_URL, or CONNECTION_STATE_RECOVERY=false to start without recovery"
+        )
+    if not pins.mismatches(VERIFIED):
+        return None
+    found = ", ".join(f"{dist} {pins.installed_version(dist) or 'not installed'}" for dist in VERIFIED)
+    verified = ", ".join(f"{dist} {'/'.join(versions)}" for dist, versions in VERIFIED.items())
+    return (
+        f"CONNECTION_STATE_RECOVERY=true: connection state recovery replaces internals of python-socketio and "
+        f"Flask-SocketIO and was verified against {verified}, found {found}: install the verified versions "
+        "(requirements.txt), or set CONNECTION_STATE_RECOVERY=false to start without recovery"
+    )
 
 
 def connection_name(channel, host_id):
@@ -237,13 +273,14 @@ class SessionStore:
         return True
 
 
-class RecoveryManager(QueueManager):
-    """The Redis queue manager, with emits through the recovery stream and a session record per socket."""
+class RecoveryMixin:
+    """The queue manager's part of recovery: emits through the recovery stream, a session record per socket.
+    Mixed into the queue's manager (deployment/operations/recovery.py), before it in the bases."""
 
-    def __init__(self, url, channel="flask-socketio", display_url=None, window=120.0, **kwargs):
-        super().__init__(url, channel=channel, display_url=display_url, **kwargs)
+    def __init__(self, url, channel="flask-socketio", window=120.0, **kwargs):
+        super().__init__(url, channel=channel, **kwargs)
         store_client = self.connect_redis(
-            url, socket_timeout=SOCKET_TIMEOUT, client_name=connection_name(channel, self.host_id)
+            url, socket_timeout=self.socket_timeout, client_name=connection_name(channel, self.host_id)
         )
         self.store = SessionStore(store_client, channel, window, self.host_id)
         # alphanumeric (a Lua pattern without magic characters), random: no payload carries it by chance
@@ -260,11 +297,13 @@ class RecoveryManager(QueueManager):
         if not self.write_only:
             self.server.start_background_task(self._heartbeat_loop)
             # this instance's clients get every emit back through the subscription: none before it is there
-            if not self.subscribed.wait(timeout=SOCKET_TIMEOUT):
-                log.warning("recovery: not subscribed to the queue within %.0fs; emits wait for it", SOCKET_TIMEOUT)
+            if not self.subscribed.wait(timeout=self.socket_timeout):
+                log.warning(
+                    "recovery: not subscribed to the queue within %.0fs; emits wait for it", self.socket_timeout
+                )
 
-    def _subscribe(self):
-        super()._subscribe()
+    def on_subscribed(self):
+        super().on_subscribed()
         self.subscribed.set()
         if self.last_delivered is not None:  # subscribed again: what was published meanwhile, from the stream
             try:
@@ -281,8 +320,10 @@ class RecoveryManager(QueueManager):
 
     # --- emits: through the stream ------------------------------------------------------------------
     def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        from socketio.packet import Packet
+
         room = to or room
-        if callback is not None or kwargs.get("ignore_queue") or self._redis_known_down():
+        if callback is not None or kwargs.get("ignore_queue") or self.known_down():
             # an ack cannot be replayed elsewhere; local-only emits and emits while Redis is away get no offset
             return super().emit(
                 event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
@@ -309,10 +350,10 @@ class RecoveryManager(QueueManager):
             self.store.append(self.json.dumps(message), self.offset_placeholder)
         except Exception as exc:  # noqa: BLE001 - Redis away: the queue's own path (local delivery, one log line)
             log.debug("recovery stream unreachable (%s): emit without offset", describe(exc))
+            if unreachable_error(exc):  # the queue's publish then drops it at once: one bounded wait, not two
+                self.unreachable(exc)
             return super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid)
-
-    def _redis_known_down(self):
-        return self.publish_down_since is not None and time.monotonic() < self.publish_next_try
+        self.reachable()  # the script published it: an outage of the queue, if any, is over
 
     def get_participants(self, namespace, room):
         participants = super().get_participants(namespace, room)
@@ -324,7 +365,7 @@ class RecoveryManager(QueueManager):
         if "recovery_marker" in message:  # no one's packet: where a restore's replay goes
             restore = self.pending.get(message["recovery_marker"])
             if restore is not None:
-                restore.claimed.wait(timeout=SOCKET_TIMEOUT)  # its instance reads the claim's reply meanwhile
+                restore.claimed.wait(timeout=self.socket_timeout)  # its instance reads the claim's reply meanwhile
                 self._replay(restore)
             return None
         offset = message.get("offset")
@@ -497,6 +538,8 @@ class RecoveryManager(QueueManager):
 
     def _replay(self, restore):
         """Sends the missed packets, then lets live ones through; runs once per restore."""
+        from socketio.packet import Packet
+
         if self.pending.pop(restore.token, None) is None:
             return
         sid, namespace = restore.sid, restore.namespace
@@ -513,8 +556,8 @@ class RecoveryManager(QueueManager):
 
 
 def install(server):
-    """Puts recovery into a python-socketio Server whose manager is a RecoveryManager (deployment/operations/recovery.py
-    calls it once; deployment/operations/message_queue.py checked the pins when it made the manager)."""
+    """Puts recovery into a python-socketio Server whose manager has the RecoveryMixin
+    (deployment/operations/recovery.py calls it once, after refusal() found nothing against it)."""
     original_handle_disconnect = server._handle_disconnect
 
     def handle_disconnect(eio_sid, namespace, reason=None):
@@ -533,6 +576,8 @@ def install(server):
 def handle_connect(self, eio_sid, namespace, data):
     """python-socketio 5.18.1's Server._handle_connect, with a restore before the connect handler and the
     session's pid in the CONNECT answer (marked `# recovery`)."""
+    from socketio import exceptions, packet  # recovery: imported when used (see the module docstring)
+
     namespace = namespace or "/"
     manager = self.manager
     sid = None

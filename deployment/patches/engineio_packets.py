@@ -17,6 +17,11 @@ becomes a CLOSE packet, which ends that client's session cleanly. One warning pe
 With a python-engineio version other than VERIFIED it stays off (one log line, deployment/patches/pins.py) and
 python-engineio's own decode runs: garbage then gets python-engineio's own reaction described above (a
 traceback, a session left to its ping timeout, a hanging POST); the other clients are still served.
+
+No "python" pin: it relies on python-engineio's decode only. JSON too deep for the json module raises
+RecursionError on CPython 3.11; were another Python to raise a ValueError instead, that packet would close its
+session (the garbage path) rather than stay text, and were it to parse it, it would be data: either way the
+other clients are served and nothing raises.
 """
 
 import binascii

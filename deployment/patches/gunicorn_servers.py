@@ -10,7 +10,7 @@ worker's `server_class` instead, gunicorn's own extension point; nothing here is
 With a gunicorn version other than VERIFIED it stays off (one log line, deployment/patches/pins.py) and gunicorn's own
 StreamServer runs: the graceful stop still drains and spreads the closes, but cannot see the servers, so idle
 keep-alive connections from HAProxy are not closed early and gunicorn waits for them until its
-graceful_timeout.
+graceful_timeout. No "python" pin: a subclass of gunicorn's (gevent's) StreamServer relies on nothing of CPython's.
 """
 
 from deployment.patches import pins

@@ -20,26 +20,29 @@ APP_MAXCONN still caps the connections of an instance. gunicorn's access log (AC
 the upgrade request when its greenlet returns, that is when the WebSocket first parks, not when it closes.
 
 Needs websocket_writes' writer on demand (WEBSOCKET_DIRECT_SEND and WEBSOCKET_WRITER_ON_DEMAND, the default),
-which runs only on websocket_speedups' FrameWriter, and connection_memory's reads (websocket_speedups.ReadAfterWait):
-without them it stays off. Same packets,
-same order, same ends as the library's own code: tests/deployment/test_idle_websockets.py.
+which runs only on websocket_speedups' FrameWriter, and connection_memory's reads (connection_memory.ReadAfterWait):
+without them it stays off, one log line (REQUIRES, enforced by deployment/operations/speedups.py; install() says
+so for WEBSOCKET_WRITER_ON_DEMAND=false). Same packets, same order, same ends as the library's own code:
+tests/deployment/test_idle_websockets.py.
+
+Relies on CPython's io internals (io.BufferedReader's peek() and detach(), a raw socket.SocketIO whose `readinto`
+is looked up on the instance and may answer None for "would block", a new BufferedReader over the kept raw
+reader), on gevent's socket internals (`_sock`) and on pywsgi's and gevent-websocket's handlers: VERIFIED pins
+Python as well as the libraries.
 """
 
 import io
-import logging
 
 import gevent
 import greenlet
 
-from deployment.patches import websocket_speedups, websocket_writes
-from deployment.patches.websocket_speedups import ReadAfterWait
+from deployment.patches import pins, websocket_speedups, websocket_writes
+from deployment.patches.connection_memory import ReadAfterWait
 
 try:
     from geventwebsocket.handler import Client, WebSocketHandler
 except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket): nothing to park
     WebSocketHandler = None
-
-log = logging.getLogger("patches")
 
 
 class IdleReader:
@@ -256,7 +259,12 @@ def run_websocket(self):
             gevent.get_hub().loop.run_callback(reader.let_go)
 
 
-VERIFIED = {"gevent-websocket": ("0.10.1",), "gevent": ("26.9.0",), "python-engineio": ("4.15.1",)}
+VERIFIED = {
+    "gevent-websocket": ("0.10.1",),
+    "gevent": ("26.9.0",),
+    "python-engineio": ("4.15.1",),
+    "python": ("3.11",),  # io.BufferedReader and socket.SocketIO internals, see the docstring
+}
 REPLACES = ["geventwebsocket.handler.WebSocketHandler.run_websocket"]  # connection_memory's, when this is off
 REQUIRES = ("websocket_speedups", "connection_memory", "websocket_writes")  # off without them (one log line)
 # the benchmark rows of this module's A/B (deployment/patches/README.md)
@@ -264,21 +272,30 @@ ROWS = [("memory_curve_5000", "app_kb_per_conn"), ("memory_curve_10000", "app_kb
 PROVEN_BY = "tests/deployment/test_idle_websockets.py"  # same answers as the library's own code
 
 
+ASYNC_MODES = ("gevent",)
+
+
 def install(socketio, app, settings):
-    """On only on top of websocket_writes' writer on demand (on websocket_speedups' FrameWriter, without which
-    it never runs) and connection_memory's reads (see above)."""
+    """True if WebSockets now park when idle: on top of websocket_writes' writer on demand (on websocket_speedups'
+    FrameWriter, without which it never runs) and connection_memory's reads (see above); else one line, False."""
+    websocket_writes.PARK_WHEN_IDLE[0] = None
     if WebSocketHandler is None:
-        return
+        return pins.stays_off("idle_websockets", "gevent-websocket is not installed")
+    if not settings.websocket_writer_on_demand:
+        return pins.stays_off(
+            "idle_websockets",
+            "WEBSOCKET_WRITER_ON_DEMAND=false: it parks WebSockets only with websocket_writes' writer on demand",
+        )
     frames = websocket_speedups.gws.Stream.__init__ is websocket_speedups.stream_init
     writes = websocket_writes.installed_on_demand()
     reads = getattr(WebSocketHandler.__init__, "read_buffer_size", None) is not None
-    if not (frames and writes and reads):
-        log.warning(
-            "patch idle_websockets stays off: it needs websocket_speedups, connection_memory and websocket_writes' "
-            "writer on demand (WEBSOCKET_DIRECT_SEND, WEBSOCKET_WRITER_ON_DEMAND); a WebSocket keeps its greenlet"
+    if not (frames and writes and reads):  # the installer checks REQUIRES: this is for a direct call
+        return pins.stays_off(
+            "idle_websockets",
+            "it needs websocket_speedups, connection_memory and websocket_writes' writer on demand "
+            "(WEBSOCKET_DIRECT_SEND, WEBSOCKET_WRITER_ON_DEMAND); a WebSocket keeps its greenlet",
         )
-        websocket_writes.PARK_WHEN_IDLE[0] = None
-        return
     WebSocketHandler.run_websocket = run_websocket
     READ_BUFFER_SIZE[0] = settings.read_buffer_size
     websocket_writes.PARK_WHEN_IDLE[0] = park_when_idle
+    return True

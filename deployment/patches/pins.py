@@ -1,5 +1,6 @@
-"""Each replacement of a library's internals names the versions it was verified against; with any other
-version installed it stays off, logs one line, and the library's own code runs."""
+"""Each replacement of a library's internals names the versions it was verified against (VERIFIED: libraries,
+and "python" where it relies on CPython's or the standard library's internals); with any other version
+installed it stays off, logs one line, and the library's own code runs."""
 
 import importlib.metadata
 import logging
@@ -36,4 +37,11 @@ def verified(name, verified_versions):
         ", ".join(f"{dist} {version or 'not installed'}" for dist, version in wrong.items()),
         ", ".join(f"{dist} {'/'.join(versions)}" for dist, versions in verified_versions.items()),
     )
+    return False
+
+
+def stays_off(name, reason, level=logging.WARNING):
+    """A speedup's install() that finds it cannot run: one log line naming it and why, and False (the installer
+    then leaves it out of the start log's list of speedups on)."""
+    log.log(level, "speedup %s stays off: %s", name, reason)
     return False

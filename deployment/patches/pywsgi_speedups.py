@@ -29,6 +29,7 @@ from http import client
 
 from gevent import pywsgi
 
+from deployment.patches import pins
 from deployment.patches.websocket_speedups import send_whole
 
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # an RFC 9110 header name
@@ -155,7 +156,8 @@ def sendall(handler, data):
     handler.response_length += len(data)
 
 
-VERIFIED = {"gevent": ("26.9.0",), "python": ("3.11",)}  # python: the email package's Message internals
+# python: the email package's Message internals, http.client's _read_headers
+VERIFIED = {"gevent": ("26.9.0",), "python": ("3.11",)}
 REPLACES = [
     "gevent.pywsgi.WSGIHandler.MessageClass",
     "gevent.pywsgi.WSGIHandler._headers",
@@ -167,11 +169,18 @@ ROWS = [("echo_polling", "app_cpu_ms_per_1000")]  # the benchmark rows it serves
 PROVEN_BY = "tests/deployment/test_pywsgi_speedups.py"  # same answers as the library's own code
 
 
+ASYNC_MODES = ("gevent",)  # pywsgi serves only under gevent (flask run's threading: werkzeug's server)
+
+
 def install(socketio=None, app=None, settings=None):
-    """pywsgi's request handlers (gevent-websocket's, and gunicorn's plain gevent worker's) use these."""
-    if OldMessage is not None and hasattr(client, "_read_headers"):
-        pywsgi.WSGIHandler.MessageClass = message_class
-        pywsgi.WSGIHandler._headers = environ_headers
+    """pywsgi's request handlers (gevent-websocket's, and gunicorn's plain gevent worker's) use these from now on;
+    True. Without pywsgi's OldMessage or http.client's _read_headers (which VERIFIED's versions have) none of
+    them: one line, False."""
+    if OldMessage is None or not hasattr(client, "_read_headers"):
+        return pins.stays_off("pywsgi_speedups", "gevent.pywsgi.OldMessage or http.client._read_headers is missing")
+    pywsgi.WSGIHandler.MessageClass = message_class
+    pywsgi.WSGIHandler._headers = environ_headers
     pywsgi.format_date_time = date_header_value
     pywsgi.WSGIHandler._write_with_headers = write_with_headers
     pywsgi.WSGIHandler._sendall = sendall
+    return True

@@ -1,40 +1,36 @@
-"""Hooks into python-socketio/python-engineio internals for deployment/operations/instrument.py's metrics and log lines.
+"""The one hook deployment/operations/instrument.py's metrics need that has no public door.
 
-python-socketio has no middleware for events, so `install()` wraps non-public methods of one process's server
-objects, the way python-socketio's own admin instrumentation (`Server.instrument()`) does. Each wrapper here is
-generic; what is counted or logged is passed in by the caller:
+Everything else instrument.py counts and logs goes through public doors of the libraries: every handler is
+wrapped as it is registered (python-socketio's `Server.on()` and `register_namespace()`, which Flask-SocketIO's
+`on()`, `on_event()` and `on_namespace()` call), emits through the public `Server.emit()`, Engine.IO's 400 answers
+through the public `handle_request()`, and the deployment's message queue (deployment/operations/queue_manager.py's
+QueueManager) through its own `_publish` and `_subscribe`.
 
-    server._trigger_event(event, namespace, *args)  -> trigger_event(original, event, namespace, *args)
-    eio._bad_request(message=None)                   -> bad_request(message), then the original
-    manager._publish(data)                           -> publish(original, data)
-    manager._subscribe()                             -> subscribe(), then the original
+Left here: a publish dropped by a pub/sub manager of python-socketio's own (RedisManager, KafkaManager, ...: not
+what the deployment makes, but a server of your own may have one). `emit()` returns nothing either way, and such
+a manager tells it only through what its `_publish` returns (None when it gave up), an internal of that version:
 
-The manager hooks apply only to a manager that has these methods (a message-queue manager); the in-process
-manager has none.
+    manager._publish(data)   -> publish(original, data)
 
-With a python-socketio or python-engineio version other than VERIFIED nothing is wrapped (one log line,
-deployment/patches/pins.py): the libraries' own methods run, and what these hooks feed (events received, handler
-latency and errors, connect/disconnect log lines, Engine.IO 400s, lost publishes and subscriptions) is not
-counted; /metrics still answers, with those series at 0.
+With a python-socketio version other than VERIFIED nothing is wrapped (one log line, deployment/patches/pins.py),
+and instrument.py refuses to instrument a server with such a manager (one line naming the versions and the way
+out) rather than count nothing.
 """
 
 from deployment.patches import pins
 
-VERIFIED = {"python-socketio": ("5.18.1",), "python-engineio": ("4.15.1",)}
-REPLACES = ["server._trigger_event", "eio._bad_request", "manager._publish", "manager._subscribe"]
-SERVES = "metrics and connection log lines (deployment/operations/instrument.py)"
-PROVEN_BY = "tests/deployment/test_metrics.py, tests/deployment/test_logs.py"
+VERIFIED = {"python-socketio": ("5.18.1",)}
+REPLACES = ["manager._publish"]
+SERVES = "metrics: lost publishes of python-socketio's own pub/sub managers (deployment/operations/instrument.py)"
+PROVEN_BY = "tests/deployment/test_metrics.py, tests/deployment/test_patches_operations.py"
 
 
-def install(server, trigger_event=None, bad_request=None, publish=None, subscribe=None):
-    """Wraps the given hooks on a python-socketio Server (and its Engine.IO server and client manager) if the
-    installed libraries are verified versions; True if they are. Call it once per server."""
+def install(server, publish=None, subscribe=None):
+    """Wraps the given hooks on a python-socketio Server's client manager if the installed python-socketio is a
+    verified version; True if it is. Call it once per server. (`subscribe`: for a manager that has `_subscribe`,
+    none of python-socketio's own does.)"""
     if not pins.verified("socketio_hooks", VERIFIED):
         return False
-    if trigger_event is not None:
-        around_trigger_event(server, trigger_event)
-    if bad_request is not None:
-        on_bad_request(server.eio, bad_request)
     if publish is not None and hasattr(server.manager, "_publish"):
         around_publish(server.manager, publish)
     if subscribe is not None and hasattr(server.manager, "_subscribe"):
@@ -43,27 +39,6 @@ def install(server, trigger_event=None, bad_request=None, publish=None, subscrib
 
 
 # The functions below replace internals unconditionally: call them through install(), which checks the pins.
-
-
-def around_trigger_event(server, wrapper):
-    """Every handler call (connect, disconnect, events) goes through wrapper(original, event, namespace, *args)."""
-    original = server._trigger_event
-
-    def trigger_event(event, namespace, *args):
-        return wrapper(original, event, namespace, *args)
-
-    server._trigger_event = trigger_event
-
-
-def on_bad_request(eio, callback):
-    """callback(message) before each Engine.IO 400 response is made (message may be None)."""
-    original = eio._bad_request
-
-    def bad_request(message=None):
-        callback(message)
-        return original(message)
-
-    eio._bad_request = bad_request
 
 
 def around_publish(manager, wrapper):

@@ -1,18 +1,22 @@
-"""gevent-websocket 0.10.1 (its last release) does more work than needed on every WebSocket frame. Four fixes,
+"""gevent-websocket 0.10.1 (its last release) does more work than needed on every WebSocket frame. Three fixes,
 each giving the same bytes as the original (tests/deployment/test_websocket_speedups.py):
 
 - UTF-8 validation of text frames: gevent-websocket uses wsaccel's C validator by itself once wsaccel is
   installed (requirements.txt), instead of a Python loop over every byte (run twice per message).
 - Header.unmask_payload XORs each client frame with its mask byte by byte in Python: wsaccel's C masker.
-- Reads: gevent makes two recv() calls per message (it tries, gets EAGAIN, waits, tries again): one (ReadAfterWait,
-  also on every HTTP connection's reads, from deployment.patches/connection_memory.py).
 - Stream.write is gevent's sendall(), which asks the kernel for SO_SNDBUF (one getsockopt syscall) on every
   frame: one send() instead, and sendall() only for what a full socket buffer leaves over (FrameWriter, which
   also lets deployment/patches/websocket_writes.py send a frame without waiting).
+
+It relies on gevent-websocket's classes and gevent's socket (send() with a timeout), pinned in VERIFIED, and
+on nothing of CPython's own: no "python" pin. (The reads a connection makes, one recv() per read, are
+connection_memory's: they rely on CPython's io and socket internals, and connection_memory pins Python.)
 """
 
 import gevent
 from gevent.lock import Semaphore
+
+from deployment.patches import pins
 
 try:
     from geventwebsocket import websocket as gws
@@ -68,34 +72,6 @@ class FrameWriter:
             self.busy.release()
 
 
-class ReadAfterWait:
-    """A WebSocket's reads from its socket (the raw reads under its buffered reader). gevent's recv() tries the
-    socket first and waits only on EAGAIN, so each message read cost two recv() calls, one of them failing: a
-    read that leaves the kernel's buffer empty makes the next read wait for data first, then make one recv()."""
-
-    __slots__ = ("sock", "drained")
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.drained = False  # unknown: try first, as gevent does
-
-    def readinto(self, buffer):
-        sock = self.sock
-        if self.drained:
-            sock._wait(sock._read_event)  # what gevent's recv_into does on EAGAIN, with the socket's timeout
-        count = sock.recv_into(buffer)
-        self.drained = count < len(buffer)
-        return count
-
-
-def read_after_wait(rfile, sock):
-    """Give a connection's reader (a gevent socket's makefile()) ReadAfterWait reads; bytes it holds stay first.
-    connection_memory.py does it as pywsgi's handler starts, so a WebSocket keeps it after the upgrade."""
-    raw = getattr(rfile, "raw", None)
-    if raw is not None and hasattr(sock, "_read_event"):
-        raw.readinto = ReadAfterWait(sock).readinto
-
-
 def stream_init(stream, handler):
     stream.handler = handler
     stream.read = handler.rfile.read
@@ -115,8 +91,13 @@ ROWS = [
 PROVEN_BY = "tests/deployment/test_websocket_speedups.py"  # same answers as the library's own code
 
 
+ASYNC_MODES = ("gevent",)  # gevent-websocket's handler runs under gevent's pywsgi only
+
+
 def install(socketio=None, app=None, settings=None):
+    """True: gevent-websocket's frames are masked by wsaccel and written by FrameWriter from now on."""
     if gws is None:
-        return
+        return pins.stays_off("websocket_speedups", "gevent-websocket or wsaccel is not installed")
     gws.Header.mask_payload = gws.Header.unmask_payload = mask_payload
     gws.Stream.__init__ = stream_init
+    return True

@@ -9,8 +9,8 @@ send() itself. With `WEBSOCKET_DIRECT_SEND` (default true), under gevent-websock
   (websocket_speedups.FrameWriter.try_write): if the kernel takes none of a frame, the packet is queued for
   the writer as before; if it takes part, a short greenlet writes the rest while later frames wait their turn.
   So a client that does not read never holds up the others (e.g. a broadcast to 500 clients).
-- The writer waits for its queue without a timer: engineio's timeout there is only a fallback, since the
-  WebSocket handler queues None when its reader ends, and so does Socket.close().
+- The writer waits for its queue as engineio's does, at most PING_INTERVAL + PING_TIMEOUT seconds (then
+  QueueEmpty, and it closes the WebSocket), and takes what else is queued without raising Empty at the end.
 - With `WEBSOCKET_WRITER_ON_DEMAND` (default true), the writer greenlet runs only while there is something to
   write: started when a packet goes to the queue (the outbox could not send it, or packets were queued before
   the upgrade), it ends once the queue is empty, and Socket.close() starts one that waits for its None, as
@@ -18,13 +18,27 @@ send() itself. With `WEBSOCKET_DIRECT_SEND` (default true), under gevent-websock
   stack, its frames and its wait cost about 7 KB each (bench/memory_breakdown.py,
   docs/performance.md#memory-per-connection).
 
+A send() or close() from a thread other than the one whose event loop serves the socket (a thread of the
+app's own, gevent's threadpool) is run by a greenlet of that loop while the caller waits for it, as if made
+there: the outbox, the writer and their greenlets belong to that loop. (engineio's own send() puts the packet
+in the queue from the caller's thread; its writer greenlet takes it from there.)
+
+Needs websocket_speedups (REQUIRES): the direct send and the writer on demand run only on its FrameWriter.
+Relies on engineio's Socket, gevent's queue and loop, gevent-websocket's frames (VERIFIED), and on nothing of
+CPython's own: no "python" pin.
+
 Same packets, in the same order, as engineio's writer: tests/deployment/test_websocket_writes.py.
 """
+
+import logging
 
 import gevent
 from engineio import exceptions, packet
 from engineio import socket as engineio_socket
+from gevent.monkey import get_original
+from gevent.queue import Empty
 
+from deployment.patches import pins
 from deployment.patches.websocket_speedups import FrameWriter
 
 try:
@@ -36,6 +50,10 @@ ENGINEIO_SEND = engineio_socket.Socket.send
 ENGINEIO_POLL = engineio_socket.Socket.poll
 ENGINEIO_CLOSE = engineio_socket.Socket.close
 ENGINEIO_WEBSOCKET_HANDLER = engineio_socket.Socket._websocket_handler
+THREAD_IDENT = get_original("_thread", "get_ident")  # the OS thread's, not the greenlet's under monkey patching
+ALLOCATE_LOCK = get_original("_thread", "allocate_lock")  # a lock that blocks the OS thread
+
+log = logging.getLogger("patches")
 
 
 def frame(message):
@@ -253,8 +271,44 @@ class Outbox:
 OUTBOX = Outbox()
 
 
+def in_loop_thread(sock, function, *args, **kwargs):
+    """function(*args, **kwargs) for a caller in another thread than the one whose event loop serves `sock` (its
+    queue's hub): run by a greenlet of that loop while the caller waits, and its result or exception is the
+    caller's. If the loop does not get to it within PING_INTERVAL + PING_TIMEOUT (engineio's writer waits no longer
+    for its queue), the caller goes on with one warning; the call still runs when the loop does."""
+    hub = sock.queue.hub
+    done = ALLOCATE_LOCK()
+    done.acquire()
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((True, function(*args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append((False, exc))
+        finally:
+            done.release()
+
+    hub.loop.run_callback_threadsafe(gevent.spawn_raw, run)
+    waited = sock.server.ping_interval + sock.server.ping_timeout
+    if not done.acquire(True, waited):
+        log.warning(
+            "%s: a %s() from another thread waited %g s for the event loop; it runs when the loop does",
+            sock.sid,
+            function.__name__,
+            waited,
+        )
+        return None
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
+
+
 def send(sock, pkt):
     """engineio's Socket.send; a packet for an idle WebSocket goes to the outbox instead of its writer."""
+    if THREAD_IDENT() != sock.queue.hub.thread_ident:
+        return in_loop_thread(sock, send, sock, pkt)
     direct = sock.direct
     if direct is None or not sock.upgraded or sock.queue.qsize():
         ENGINEIO_SEND(sock, pkt)
@@ -272,6 +326,8 @@ def send(sock, pkt):
 
 def close(sock, *args, **kwargs):
     """engineio's Socket.close, after the socket's packets in the outbox: its CLOSE goes after them."""
+    if THREAD_IDENT() != sock.queue.hub.thread_ident:
+        return in_loop_thread(sock, close, sock, *args, **kwargs)
     if sock.direct is not None:
         OUTBOX.move_to_queue(sock)
         sock.direct = None
@@ -281,11 +337,15 @@ def close(sock, *args, **kwargs):
 
 
 def poll(sock):
-    """engineio's Socket.poll; the WebSocket writer (once upgraded, under gevent) waits without a timer."""
+    """engineio's Socket.poll: the WebSocket writer (once upgraded, under gevent) waits as long as engineio's, and
+    then takes what else is queued without raising Empty at the end."""
     if not sock.upgraded or sock.server.async_mode != "gevent":
         return ENGINEIO_POLL(sock)
     queue = sock.queue
-    first = queue.get()
+    try:  # a timer only if it has to wait: a queued packet is taken at once
+        first = queue.get(timeout=sock.server.ping_interval + sock.server.ping_timeout)
+    except Empty:
+        raise exceptions.QueueEmpty() from None
     queue.task_done()
     if first is None:
         return []
@@ -307,12 +367,15 @@ REPLACES = [
     "engineio.socket.Socket.poll",
     "engineio.socket.Socket.close",
 ]
+REQUIRES = ("websocket_speedups",)  # its FrameWriter: without it nothing here ever runs (one log line)
+ASYNC_MODES = ("gevent",)
 ROWS = [("broadcast", "app_cpu_ms_per_1000")]  # the benchmark rows it serves (deployment/patches/README.md)
 PROVEN_BY = "tests/deployment/test_websocket_writes.py"  # same answers as the library's own code
 
 
 def install(socketio, app, settings):
-    """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND; false restores engineio's own path."""
+    """Patch engineio's Socket (process-wide) per WEBSOCKET_DIRECT_SEND: True; false restores engineio's own path
+    (one line, False)."""
     enabled = settings.websocket_direct_send and WebSocket is not None
     engineio_socket.Socket.direct = None
     engineio_socket.Socket.writer_ws = None  # set while on_demand_handler runs: the writer starts on demand
@@ -324,3 +387,8 @@ def install(socketio, app, settings):
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE
     engineio_socket.Socket._websocket_handler = websocket_handler if enabled else ENGINEIO_WEBSOCKET_HANDLER
+    if WebSocket is None:
+        return pins.stays_off("websocket_writes", "gevent-websocket is not installed")
+    if not settings.websocket_direct_send:
+        return pins.stays_off("websocket_writes", "WEBSOCKET_DIRECT_SEND=false: python-engineio's own writer runs")
+    return True

@@ -1,7 +1,7 @@
 """Fault scenarios against a real native stack (HAProxy, Redis, gunicorn instances, python-socketio clients):
 tests/deployment/test_faults.py and test_bad_input.py run them small and assert on the results;
 bench/measure_faults.py runs them at a larger size and writes the figures of docs/operations.md.
-Scenarios: kill9, rolling_restart, redis_outage, redis_at_start, reload, bad_input.
+Scenarios: kill9, rolling_restart, redis_outage, redis_hang, redis_at_start, reload, bad_input.
 Needs scripts/ on sys.path (the tests' conftest and bench/measure_faults.py put it there).
 """
 
@@ -419,6 +419,108 @@ def scenario_redis_outage(stack, clients=9, outage_s=5.0, emits_during=50):
             "tracebacks_logged": logs.count(r"Traceback"),
             "queue_warnings_logged": logs.count(r"WARNING realtime\.queue"),
             "emits_during": emits_during,
+        }
+    finally:
+        for client in group:
+            client.close()
+
+
+def scenario_redis_hang(stack, clients=6, hang_s=6.0, rounds=6):
+    """Hangs Redis (SIGSTOP: its connections stay open, nothing answers) while clients of every instance
+    broadcast, then lets it go on (SIGCONT). Each round, one client's broadcast (an emit to every instance: a
+    publish) is sent while every client echoes; its ack comes once the handler's publish has returned.
+    Deliveries are counted per (broadcast, receiver): local ones are to the clients of the sender's instance."""
+    url = stack.status()["url"]
+    logs = LogWindow(stack).start()
+    group = [LoadClient(url).connect() for _ in range(clients)]
+    try:
+        where = {id(client): client.whoami() for client in group}
+        instances = sorted(set(where.values()))
+        callers = [next(c for c in group if where[id(c)] == name) for name in instances]
+        baseline = broadcast_reaches(callers[0], group, 5) is True
+        state = stack.load()
+        pid = state["redis"]["pid"]
+        token = uuid.uuid4().hex
+
+        def hung_broadcasts(client):
+            """(n, sender's instance) of the broadcasts of the hang this client got."""
+            with client.lock:
+                return {
+                    (data["n"], data["from"])
+                    for event, data in client.events
+                    if event == "broadcast" and isinstance(data, dict) and data.get("hang") == token
+                }
+
+        def duplicates(client):
+            with client.lock:
+                got = [
+                    data["n"]
+                    for event, data in client.events
+                    if event == "broadcast" and isinstance(data, dict) and data.get("hang") == token
+                ]
+            return len(got) - len(set(got))
+
+        def deliveries(local):
+            got = sum(1 for c in group for n, sent_from in hung_broadcasts(c) if (sent_from == where[id(c)]) == local)
+            expected = sum(
+                1
+                for i in range(rounds)
+                for c in group
+                if (where[id(c)] == where[id(callers[i % len(callers)])]) == local
+            )
+            return got, expected
+
+        os.kill(pid, signal.SIGSTOP)
+        hung_at = now()
+        acks, echoes = [], []
+        try:
+            for i in range(rounds):
+                caller = callers[i % len(callers)]
+                started, answer = now(), {}
+                data = {"hang": token, "n": i, "from": where[id(caller)]}
+
+                def call(caller=caller, data=data, started=started, answer=answer):
+                    try:
+                        answer["ok"] = caller.sio.call("broadcast", data, timeout=20) == {"ok": True}
+                    except Exception as exc:  # noqa: BLE001 - a failed call
+                        answer["error"] = type(exc).__name__
+                    answer["s"] = now() - started
+
+                thread = threading.Thread(target=call, daemon=True)
+                thread.start()
+                time.sleep(0.1)  # the handler now waits on its publish (or has dropped it: Redis known down)
+                echoes += [c.echo(timeout=5) for c in group]
+                thread.join(timeout=25)
+                acks.append(answer.get("s") if answer.get("ok") else None)
+            time.sleep(max(0.0, hang_s - (now() - hung_at)))
+            local_during, cross_during = deliveries(local=True), deliveries(local=False)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        resumed_at = now()
+        resumed = None
+        while now() - resumed_at < 30:
+            if broadcast_reaches(callers[-1], group, 0.25) is True:
+                resumed = now() - resumed_at
+                break
+        time.sleep(1)
+        return {
+            "clients": clients,
+            "instances": len(instances),
+            "hang_s": round(resumed_at - hung_at, 1),
+            "baseline_cross_instance": baseline,
+            "broadcast_acks_s": [None if a is None else round(a, 2) for a in acks],
+            "broadcast_ack_max_s": None if None in acks else round(max(acks), 2),
+            "echoes_ok_during": f"{sum(echoes)}/{len(echoes)}",
+            "local_delivery_during": "{}/{}".format(*local_during),
+            "cross_instance_delivered_during": "{}/{}".format(*cross_during),
+            # a publish that timed out was already written to Redis' socket: Redis may run it once it goes on
+            "cross_instance_delivered_late": deliveries(local=False)[0] - cross_during[0],
+            # a broadcast a client got twice (say, locally during the hang, then late from Redis)
+            "duplicate_deliveries": sum(duplicates(c) for c in group),
+            "resumed_after_s": None if resumed is None else round(resumed, 2),
+            "instances_alive": all(a["alive"] for a in stack.status()["apps"]),
+            "tracebacks_logged": logs.count(r"Traceback"),
+            "queue_warnings_logged": logs.count(r"WARNING realtime\.queue"),
         }
     finally:
         for client in group:

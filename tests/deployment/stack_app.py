@@ -2,16 +2,15 @@
 or demo/ (the stack's tests never depend on the user's code; the native and Docker stacks run app.py as shipped).
 """
 
-from flask import Flask
 from flask_socketio import SocketIO
 
-from deployment.extension import Deployment
+from deployment.extension import Deployment, RealtimeFlask
 
 socketio = SocketIO()  # one per process, like application/extensions.py's
 
 
 def create_app(settings=None):
     """settings: a deployment.settings.Settings; default: read from the environment."""
-    app = Flask("stack_app")
+    app = RealtimeFlask("stack_app")
     Deployment().init_app(app, socketio, settings)
     return app

@@ -82,21 +82,6 @@ def test_echo_whoami_and_rooms_with_test_client(sio_test_client):
     assert alice.emit("leave", {"room": "r1"}, callback=True) == {"ok": True, "room": "r1"}
 
 
-def test_session_cookie_is_read_once_and_kept_for_events(app, sio_test_client, monkeypatch):
-    http = app.test_client()
-    assert http.post("/login", json={"name": "carol"}).get_json() == {"user": "carol"}
-    interface = app.session_interface
-    opened = []  # cookie sessions actually read (the serializer is fetched for each)
-    original = type(interface).get_signing_serializer
-    monkeypatch.setattr(interface, "get_signing_serializer", lambda a: opened.append(1) or original(interface, a))
-    client = sio_test_client(flask_test_client=http)
-    assert len(opened) <= 1  # at most at connect (the probes have no connect handler: none needs it yet)
-    assert client.emit("join", {"room": "r2"}, callback=True) == {"ok": True, "room": "r2"}
-    assert client.emit("say", {"room": "r2", "message": "hi"}, callback=True) == {"ok": True}
-    assert [m["user"] for m in received(client, "message")] == ["carol"]  # the session of the handshake
-    assert len(opened) == 1  # read once: later events use Flask-SocketIO's copy, without reading the cookie again
-
-
 def test_broadcast_reaches_every_client(sio_test_client):
     first, second = sio_test_client(), sio_test_client()
     first.emit("broadcast", {"n": 1}, callback=True)
@@ -197,15 +182,61 @@ def test_require_login_refuses_every_namespace_whatever_its_own_connect_handler_
     assert signed_in.is_connected("/mine") and signed_in.emit("hello", callback=True, namespace="/mine") == "hi"
 
 
-def test_require_login_with_unverified_hooks_refuses_to_start(monkeypatch):
-    from deployment.patches import socketio_hooks
+def fake_python_socketio(monkeypatch, version="5.18.99"):
+    """Every pin now finds a python-socketio version nobody verified (a patch release, say)."""
+    from deployment.patches import pins
 
-    monkeypatch.setattr(socketio_hooks, "VERIFIED", {"python-socketio": ("0.0.0.fake",)})
+    installed = pins.installed_version
+    monkeypatch.setattr(
+        pins, "installed_version", lambda dist: version if dist == "python-socketio" else installed(dist)
+    )
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["verified python-socketio", "unverified python-socketio"])
+def test_require_login_gates_through_public_doors_whatever_the_python_socketio_version(monkeypatch, verified):
+    """The gate is put on each handler as it is registered (python-socketio's public on()/register_namespace()),
+    so an unverified python-socketio changes nothing: it still refuses, and the start goes on."""
+    from deployment.patches import pins, socketio_hooks
+
+    if not verified:
+        fake_python_socketio(monkeypatch)
+    assert bool(pins.mismatches(socketio_hooks.VERIFIED)) is not verified  # the fake works
     app, socketio, deployment, settings = bare_app(REQUIRE_LOGIN="true")
-    with pytest.raises(RuntimeError, match="REQUIRE_LOGIN=true cannot be enforced"):
-        deployment.init_app(app, socketio, settings)
-    app, socketio, deployment, settings = bare_app()  # control: without REQUIRE_LOGIN the app starts
     deployment.init_app(app, socketio, settings)
+    socketio.on("connect", namespace="/late")(lambda auth=None: True)  # registered after init_app: gated too
+    assert not socketio.test_client(app).is_connected()
+    assert not socketio.test_client(app, namespace="/late").is_connected("/late")
+    http = app.test_client()
+    assert http.post("/login", json={"name": "ada"}).status_code == 200
+    assert socketio.test_client(app, flask_test_client=http).is_connected()
+    assert socketio.test_client(app, namespace="/late", flask_test_client=http).is_connected("/late")
+
+
+def test_require_login_gates_class_based_namespaces_registered_before_and_after_init_app():
+    from flask_socketio import Namespace
+
+    connected = []
+
+    class Board(Namespace):
+        def on_connect(self, auth=None):
+            connected.append(self.namespace)
+
+        def on_hello(self, _data=None):
+            return "hi"
+
+    app, socketio, deployment, settings = bare_app(REQUIRE_LOGIN="true")
+    socketio.on_namespace(Board("/before"))
+    deployment.init_app(app, socketio, settings)
+    socketio.on_namespace(Board("/after"))
+    for namespace in ("/before", "/after"):
+        assert not socketio.test_client(app, namespace=namespace).is_connected(namespace)
+    assert connected == []  # refused before the namespace's own connect handler ran
+    http = app.test_client()
+    http.post("/login", json={"name": "ada"})
+    for namespace in ("/before", "/after"):
+        client = socketio.test_client(app, namespace=namespace, flask_test_client=http)
+        assert client.is_connected(namespace) and client.emit("hello", callback=True, namespace=namespace) == "hi"
+    assert connected == ["/before", "/after"]
 
 
 def test_init_app_twice_on_one_app_is_refused():

@@ -17,7 +17,7 @@ from engineio import socket as engineio_socket
 from geventwebsocket.handler import WebSocketHandler
 from greenlet import greenlet
 
-from deployment.patches import connection_memory, idle_websockets, websocket_speedups
+from deployment.patches import connection_memory, idle_websockets
 from deployment.settings import Settings
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -133,12 +133,12 @@ def handler_rfile_size(read_buffer_size):
 
 
 def test_every_connection_reads_after_a_wait():
-    """One recv() per read (websocket_speedups.ReadAfterWait) on every connection, HTTP and WebSocket alike."""
+    """One recv() per read (connection_memory.ReadAfterWait) on every connection, HTTP and WebSocket alike."""
     connection_memory.install_handler(Settings.read_buffer_size)
     left, right = gevent.socket.socketpair()
     try:
         handler = WebSocketHandler(left, ("127.0.0.1", 1), server=None)
-        assert isinstance(handler.rfile.raw.readinto.__self__, websocket_speedups.ReadAfterWait)
+        assert isinstance(handler.rfile.raw.readinto.__self__, connection_memory.ReadAfterWait)
     finally:
         left.close(), right.close()
 

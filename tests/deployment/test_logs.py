@@ -105,6 +105,36 @@ def test_connection_lines_in_process(caplog):
     assert all(fields["namespace"] == "/" and fields["sid"] for _kind, fields in lines)
 
 
+def test_connection_lines_for_every_namespace_whatever_its_handlers(caplog):
+    """A namespace with events but no connect or disconnect handler, a class-based one, one registered after
+    init_app: each connection and disconnection gets its line (the handlers are wrapped as they are registered,
+    and a namespace without a connect handler gets one that hands over to its class, as python-socketio would)."""
+    from flask import Flask
+    from flask_socketio import Namespace, SocketIO
+
+    from deployment.extension import Deployment
+
+    connected = []
+
+    class Board(Namespace):
+        def on_connect(self, auth=None):
+            connected.append("board")
+
+    app, server = Flask("lines"), SocketIO()
+    server.on("hello", namespace="/events")(lambda _data=None: "hi")
+    server.on_namespace(Board("/board"))
+    Deployment().init_app(app, server, Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "unit"}))
+    server.on("hello", namespace="/late")(lambda _data=None: "hi")
+    with caplog.at_level("INFO", logger="realtime.socket"):
+        for namespace in ("/events", "/board", "/late"):
+            client = server.test_client(app, namespace=namespace)
+            assert client.is_connected(namespace)
+            client.disconnect(namespace=namespace)
+    lines = [(r.getMessage(), r.fields["namespace"]) for r in caplog.records if r.name == "realtime.socket"]
+    assert lines == [(kind, ns) for ns in ("/events", "/board", "/late") for kind in ("connect", "disconnect")]
+    assert connected == ["board"]  # the class's own connect handler ran, once
+
+
 # --- a stack with LOG_FORMAT=json ------------------------------------------------------------------------
 
 

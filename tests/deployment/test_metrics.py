@@ -75,19 +75,34 @@ def private_app():
         if not auth:
             raise ConnectionRefusedError("no auth")
 
+    @server.on("*")
+    def anything(event, data=None):  # the deployment's limits.py puts such a catch-all on every namespace
+        return None
+
     instrument.install(server, app)
     return app, server
 
 
-def test_the_hooks_are_installed_on_the_pinned_library_internals(private_app):
+def test_the_hooks_go_through_public_doors_only(private_app):
+    """Every handler wrapped as it was registered (python-socketio's public on()), emit() and handle_request()
+    wrapped on the server objects; none of python-socketio's or python-engineio's internals replaced."""
+    import engineio
+
     app, server = private_app
-    assert server.server._trigger_event.__module__ == "deployment.patches.socketio_hooks"  # pinned: see its tests
-    assert server.server.emit.__qualname__.startswith("_wrap_emit")
-    assert server.server.eio._bad_request.__module__ == "deployment.patches.socketio_hooks"
-    assert any(isinstance(f, instrument.QueueErrorCounter) for f in server.server.logger.filters)
-    wrapped = server.server.emit
+    sio = server.server
+    assert sio._trigger_event.__func__ is socketio.Server._trigger_event  # the library's own
+    assert sio.eio._bad_request.__func__ is engineio.Server._bad_request
+    door = sio._deployment_door
+    for namespace, events in sio.handlers.items():
+        for event, handler in events.items():
+            assert getattr(handler, "deployment_door", None) is door, (namespace, event)
+    assert sio.on.__qualname__.startswith("HandlerDoor.install")  # later registrations: wrapped as they come
+    assert sio.emit.__qualname__.startswith("_wrap_emit")
+    assert sio.eio.handle_request.__qualname__.startswith("_count_bad_requests")
+    assert any(isinstance(f, instrument.QueueErrorCounter) for f in sio.logger.filters)
+    wrapped, handlers = sio.emit, {ns: dict(events) for ns, events in sio.handlers.items()}
     instrument.install(server, app)  # a second call wraps nothing twice
-    assert server.server.emit is wrapped
+    assert sio.emit is wrapped and {ns: dict(events) for ns, events in sio.handlers.items()} == handlers
 
 
 def test_events_latency_errors_and_refusals_are_counted(private_app):
@@ -119,6 +134,77 @@ def test_events_latency_errors_and_refusals_are_counted(private_app):
     assert value(after, "socketio_instance_info", name="metrics-unit") == 1
 
 
+def test_handlers_registered_after_install_and_class_namespaces_are_counted(private_app):
+    from flask_socketio import Namespace
+
+    app, server = private_app
+
+    class Board(Namespace):
+        def on_post(self, _data=None):
+            return "posted"
+
+    @server.on("late")
+    def late(_data=None):
+        return "late"
+
+    server.on_namespace(Board("/board"))
+    before = parse(app.test_client().get("/metrics").get_data(as_text=True))
+    client = server.test_client(app)
+    assert client.emit("late", callback=True) == "late"
+    board = server.test_client(app, namespace="/board")  # no connect handler: counted all the same
+    assert board.emit("post", callback=True, namespace="/board") == "posted"
+    board.emit("nothing_here", namespace="/board")
+    board.disconnect(namespace="/board")
+    after = parse(app.test_client().get("/metrics").get_data(as_text=True))
+
+    def delta(metric, **labels):
+        return value(after, metric, **labels) - value(before, metric, **labels)
+
+    assert delta("socketio_events_received_total", namespace="/", event="late") == 1
+    assert delta("socketio_events_received_total", namespace="/board", event="post") == 1
+    assert delta("socketio_events_received_total", namespace="/board", event="_unknown") == 1
+    assert delta("socketio_handler_seconds_count", namespace="/board", event="connect") == 1
+    assert delta("socketio_handler_seconds_count", namespace="/board", event="disconnect") == 1
+
+
+def fake_python_socketio(monkeypatch, version="5.18.99"):
+    """Every pin now finds a python-socketio version nobody verified (a patch release, say)."""
+    from deployment.patches import pins
+
+    installed = pins.installed_version
+    monkeypatch.setattr(
+        pins, "installed_version", lambda dist: version if dist == "python-socketio" else installed(dist)
+    )
+
+
+def test_an_unverified_python_socketio_is_counted_all_the_same(monkeypatch):
+    """No hook of the metrics depends on python-socketio's internals (without a manager of python-socketio's own,
+    below): a patch release counts as the verified one does."""
+    from deployment.patches import pins, socketio_hooks
+
+    fake_python_socketio(monkeypatch)
+    assert pins.mismatches(socketio_hooks.VERIFIED) == {"python-socketio": "5.18.99"}
+    app = Flask(__name__)
+    app.config["SETTINGS"] = Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "metrics-unit"})
+    app.register_blueprint(metrics.bp)
+    server = SocketIO(app)
+    server.on("tick")(lambda _data=None: "tock")
+    instrument.install(server, app)
+    before = parse(app.test_client().get("/metrics").get_data(as_text=True))
+    client = server.test_client(app)
+    assert client.emit("tick", callback=True) == "tock"
+    client.disconnect()
+    assert app.test_client().get("/socket.io/?EIO=4&transport=polling&sid=nope").status_code == 400
+    after = parse(app.test_client().get("/metrics").get_data(as_text=True))
+    for metric, labels in [
+        ("socketio_events_received_total", {"namespace": "/", "event": "tick"}),
+        ("socketio_handler_seconds_count", {"namespace": "/", "event": "connect"}),
+        ("socketio_handler_seconds_count", {"namespace": "/", "event": "disconnect"}),
+        ("socketio_handshake_failures_total", {"reason": "invalid_session"}),
+    ]:
+        assert value(after, metric, **labels) - value(before, metric, **labels) == 1, (metric, labels)
+
+
 def test_engineio_400s_are_counted_by_reason(private_app):
     app, _server = private_app
     http = app.test_client()
@@ -137,19 +223,34 @@ def test_engineio_400s_are_counted_by_reason(private_app):
         ), reason
 
 
+@pytest.mark.parametrize("verified", [True, False], ids=["verified", "unverified python-socketio"])
 @pytest.mark.parametrize("manager_class", ["stock", "template"])
-def test_message_queue_errors_are_counted(manager_class):
-    """A real manager whose Redis is a closed port: the publish of an emit is dropped and counted."""
+def test_message_queue_errors_are_counted(manager_class, verified, monkeypatch):
+    """A real manager whose Redis is a closed port: the publish of an emit is dropped and counted. The template's
+    QueueManager through its own methods, whatever the python-socketio version; python-socketio's RedisManager
+    through deployment/patches/socketio_hooks.py, pinned: with an unverified version instrument refuses it, one
+    line naming the versions and the way out, instead of counting nothing."""
     from native_stack import free_port
 
-    from deployment.patches.queue_manager import QueueManager
+    from deployment.operations.queue_manager import QueueManager
+    from deployment.settings import ConfigError
 
+    if not verified:
+        fake_python_socketio(monkeypatch)
     url = f"redis://127.0.0.1:{free_port()}/0"
     manager = socketio.RedisManager(url) if manager_class == "stock" else QueueManager(url)
     app = Flask(__name__)
     app.config["SETTINGS"] = Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "mq-unit"})
     app.register_blueprint(metrics.bp)
     server = SocketIO(app, client_manager=manager)
+    if manager_class == "stock" and not verified:
+        with pytest.raises(ConfigError) as refused:
+            instrument.install(server, app)
+        assert str(refused.value).count("\n") == 0
+        assert "python-socketio 5.18.99 is not a version" in str(refused.value)
+        assert "install python-socketio 5.18.1" in str(refused.value) and "REDIS_URL" in str(refused.value)
+        assert manager._publish.__func__ is socketio.RedisManager._publish  # nothing was wrapped
+        return
     instrument.install(server, app)
     before = parse(app.test_client().get("/metrics").get_data(as_text=True))
     server.emit("lost", {"n": 1}, namespace="/")

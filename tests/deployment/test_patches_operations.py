@@ -1,8 +1,9 @@
-"""The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers,
-queue_manager, connection_recovery) stay off with a library version they were not verified against: one log
-line names the patch and the version found, every target in REPLACES keeps the library's own value, and the
-app still serves. Each case runs in a fresh process, since these replacements are process-wide; a positive
-control shows that, pins matching, the targets hold the patches' values."""
+"""The patches the operations layer installs (engineio_packets, socketio_hooks, gunicorn_servers) stay off with a
+library version they were not verified against: one log line names the patch and the version found, every target
+in REPLACES keeps the library's own value, and the app still serves. connection_recovery serves a setting that
+asks for it (CONNECTION_STATE_RECOVERY): with such a version the start stops with one line instead. Each case
+runs in a fresh process, since these replacements are process-wide; a positive control shows that, pins
+matching, the targets hold the patches' values."""
 
 import json
 import os
@@ -113,42 +114,31 @@ url = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
 result["garbage_post"] = http.post(url, data="x").status_code
 result["next_post"] = http.post(url, data="40").status_code
 """,
-    # the manager hooks need a manager that has _publish/_subscribe: a second server with the template's
-    # QueueManager (its Redis is a closed port; nothing is published here)
+    # the hook needs a pub/sub manager of python-socketio's own: a second server with a RedisManager (its Redis
+    # is a closed port; nothing is published here). instrument refuses it when the hook cannot run.
     "socketio_hooks": r"""
 import socket
 
+import socketio as python_socketio
 from flask import Flask
 from flask_socketio import SocketIO
 
-from deployment.settings import Settings
+from deployment.settings import ConfigError, Settings
 from deployment.operations import instrument
-from deployment.patches.queue_manager import QueueManager
 
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
 private = Flask("private")
 private.config["SETTINGS"] = Settings.from_env({"APP_ENV": "development", "INSTANCE_NAME": "private"})
-queued = SocketIO(private, client_manager=QueueManager(f"redis://127.0.0.1:{port}/0"))
-instrument.install(queued, private)
-result["queue_targets"] = live_targets(
-    {"server": queued.server, "eio": queued.server.eio, "manager": queued.server.manager}
-)
-""",
-    # the message queue's manager as deployment/operations/message_queue.py makes it (its Redis is a closed port)
-    "queue_manager": r"""
-import socket
-
-from deployment.operations import message_queue
-
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-manager = message_queue.queue_manager(f"redis://127.0.0.1:{port}/0", channel="flask-socketio")
+queued = SocketIO(private, client_manager=python_socketio.RedisManager(f"redis://127.0.0.1:{port}/0"))
+try:
+    instrument.install(queued, private)
+    result["refused"] = None
+except ConfigError as exc:
+    result["refused"] = str(exc)
 result["lines"] = patch_lines()
-result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
-result["queue_targets"] = live_targets({"manager": manager})
+result["queue_targets"] = live_targets({"manager": queued.server.manager})
 """,
     # a server with CONNECTION_STATE_RECOVERY=true as create_app() makes it (its Redis is a closed port)
     "connection_recovery": r"""
@@ -157,7 +147,7 @@ import socket
 from flask import Flask
 from flask_socketio import SocketIO
 
-from deployment.settings import Settings
+from deployment.settings import ConfigError, Settings
 from deployment.operations import message_queue, recovery
 
 with socket.socket() as probe:
@@ -167,14 +157,18 @@ url = f"redis://127.0.0.1:{port}/0"
 settings = Settings.from_env(
     {"APP_ENV": "development", "INSTANCE_NAME": "private", "REDIS_URL": url, "CONNECTION_STATE_RECOVERY": "true"}
 )
-private = Flask("private")
-private.config["SETTINGS"] = settings
-manager = message_queue.queue_manager(url, channel="flask-socketio", recovery_window=120)
-recovering = SocketIO(private, client_manager=manager)
-result["installed"] = recovery.install(recovering, settings)
+try:
+    manager = message_queue.queue_manager(url, channel="flask-socketio", recovery_window=120)
+except ConfigError as exc:  # a version it was not verified against: the start stops with this line
+    result["refused"] = str(exc)
+else:
+    private = Flask("private")
+    private.config["SETTINGS"] = settings
+    recovering = SocketIO(private, client_manager=manager)
+    result["installed"] = recovery.install(recovering, settings)
+    result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
+    result["queue_targets"] = live_targets({"server": recovering.server, "manager": manager})
 result["lines"] = patch_lines()
-result["manager_class"] = f"{type(manager).__module__}.{type(manager).__qualname__}"
-result["queue_targets"] = live_targets({"server": recovering.server, "manager": manager})
 """,
     # lifecycle.install as gunicorn.conf.py's post_worker_init calls it, for the plain gevent worker
     "gunicorn_servers": r"""
@@ -296,25 +290,29 @@ def echoes_counted(metrics_text):
     )
 
 
-def test_socketio_hooks_with_unverified_libraries_hook_nothing_and_metrics_still_answer():
+def test_socketio_hooks_with_an_unverified_socketio_hooks_nothing_and_refuses_what_needs_it():
+    """The app's own metrics need no hook (public doors): the echo is counted. A server whose manager is one of
+    python-socketio's own would need it: instrument refuses it, one line naming the version and the way out."""
     result, _ = run_case("socketio_hooks", "mismatch")
-    assert_one_line_naming_the_versions_found("socketio_hooks", result)
     assert_library_values(result["targets"])
-    assert_library_values(result["queue_targets"], patch="socketio_hooks")  # queue_manager's own methods stay
+    assert_library_values(result["queue_targets"])
     assert all(value["present"] for value in result["queue_targets"].values()), result["queue_targets"]
+    refused = result["refused"]
+    assert refused and "\n" not in refused, refused
+    assert "python-socketio" in refused and "is not a version deployment/patches/socketio_hooks.py" in refused
+    assert "install python-socketio 0.0.0.dev0" in refused and "REDIS_URL" in refused
+    assert result["lines"] == [], result["lines"]  # refused before the hook was tried: the refusal is the line
     assert_serves(result)
-    assert echoes_counted(result["metrics"]) == 0  # the hook that counts events is off: not counted
+    assert echoes_counted(result["metrics"]) == 1  # public doors: counted whatever the version
 
 
 def test_socketio_hooks_control_hooks_every_target():
     result, _ = run_case("socketio_hooks", "match")
-    assert result["lines"] == []
-    assert result["targets"]["server._trigger_event"]["module"] == "deployment.patches.socketio_hooks"
-    assert result["targets"]["eio._bad_request"]["module"] == "deployment.patches.socketio_hooks"
+    assert result["lines"] == [] and result["refused"] is None
     assert all(value["module"] == "deployment.patches.socketio_hooks" for value in result["queue_targets"].values()), (
         result
     )
-    assert_patch_values(result["targets"])
+    assert_library_values(result["targets"])  # the app's own server: nothing of the libraries replaced
     assert_serves(result)
     assert echoes_counted(result["metrics"]) == 1
 
@@ -337,36 +335,24 @@ def test_gunicorn_servers_control_records_the_servers():
     assert result["recorded"]  # lifecycle's list of servers got the one made
 
 
-def test_queue_manager_with_an_unverified_socketio_is_its_own_redis_manager():
-    result, _ = run_case("queue_manager", "mismatch")
-    assert_one_line_naming_the_versions_found("queue_manager", result)
-    assert result["manager_class"] == "socketio.redis_manager.RedisManager"
-    assert_library_values(result["queue_targets"])
-    assert_serves(result)
+def test_connection_recovery_with_an_unverified_socketio_refuses_the_start_with_one_line():
+    from deployment.patches import pins
 
-
-def test_queue_manager_control_is_the_template_one():
-    result, _ = run_case("queue_manager", "match")
-    assert result["lines"] == []
-    assert result["manager_class"] == "deployment.patches.queue_manager.QueueManager"
-    assert_patch_values(result["queue_targets"])
-    assert_serves(result)
-
-
-def test_connection_recovery_with_an_unverified_socketio_is_off_and_the_queue_is_the_template_one():
     result, _ = run_case("connection_recovery", "mismatch")
-    assert_one_line_naming_the_versions_found("connection_recovery", result)
-    assert result["manager_class"] == "deployment.patches.queue_manager.QueueManager"
-    assert result["installed"] is False
-    assert_library_values(result["queue_targets"], patch="connection_recovery")  # queue_manager's own stay
-    assert_library_values(result["targets"])
+    refused = result["refused"]
+    assert refused.startswith("CONNECTION_STATE_RECOVERY=true") and "\n" not in refused, refused
+    for dist in module("connection_recovery").VERIFIED:
+        assert f"{dist} {pins.installed_version(dist)}" in refused, refused
+    assert "CONNECTION_STATE_RECOVERY=false" in refused, refused
+    assert result["lines"] == []  # not a "stays off" line: the setting asked for it
+    assert_library_values(result["targets"])  # the app made without the setting: python-socketio's own
     assert_serves(result)
 
 
 def test_connection_recovery_control_replaces_every_target():
     result, _ = run_case("connection_recovery", "match")
-    assert result["lines"] == []
-    assert result["manager_class"] == "deployment.patches.connection_recovery.RecoveryManager"
+    assert "refused" not in result and result["lines"] == []
+    assert result["manager_class"] == "deployment.operations.recovery.RecoveryManager"
     assert result["installed"] is True
     assert all(
         value["module"] == "deployment.patches.connection_recovery" for value in result["queue_targets"].values()

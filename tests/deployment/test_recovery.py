@@ -244,6 +244,17 @@ def test_redis_outage_with_recovery_keeps_instances_serving_and_delivery_resumes
     assert_served_through_the_redis_outage(result)
 
 
+def test_hung_redis_with_recovery_bounds_each_emit_and_instances_keep_serving(own_stack):
+    """test_faults.py's hung Redis with recovery on: an emit's stream append is bounded like a publish, then the
+    emit falls back to the queue's own path (this instance's clients, no offset), dropped at once meanwhile."""
+    from scenarios_faults import scenario_redis_hang
+    from test_faults import assert_served_through_the_redis_hang
+
+    result = scenario_redis_hang(own_stack(replicas=2, **RECOVERY), clients=6, hang_s=6, rounds=6)
+    print(result)
+    assert_served_through_the_redis_hang(result)
+
+
 # --- unit checks of the pieces the end-to-end tests above rely on ---------------------------------------
 def test_addressed_to_follows_rooms_namespace_and_skip_sid():
     from deployment.patches.connection_recovery import addressed_to
@@ -264,7 +275,8 @@ def test_a_restored_socket_gets_its_session_and_nothing_live_before_its_replay()
 
     from flask_socketio import _ManagedSession
 
-    from deployment.patches.connection_recovery import RecoveryManager, Restore
+    from deployment.operations.recovery import RecoveryManager
+    from deployment.patches.connection_recovery import Restore
 
     class Server:  # what the manager uses of python-socketio's Server here
         environ = {"E1": {}}
@@ -290,7 +302,8 @@ def test_replay_sends_the_missed_packets_in_order_with_their_offsets_binary_incl
     from socketio import packet as sio_packet
     from socketio.packet import Packet
 
-    from deployment.patches.connection_recovery import RecoveryManager, Restore
+    from deployment.operations.recovery import RecoveryManager
+    from deployment.patches.connection_recovery import Restore
 
     sent = []
 

@@ -1,4 +1,5 @@
-"""deployment/patches/websocket_speedups.py gives the same bytes as gevent-websocket's own code, only faster."""
+"""deployment/patches/websocket_speedups.py gives the same bytes as gevent-websocket's own code, only faster (and,
+on a WebSocket, connection_memory.py's reads: one recv() per message)."""
 
 import os
 import random
@@ -9,7 +10,7 @@ import pytest
 from geventwebsocket import utf8validator
 from geventwebsocket import websocket as gws
 
-from deployment.patches import websocket_speedups
+from deployment.patches import connection_memory, websocket_speedups
 
 ORIGINAL_MASK = gws.Header.mask_payload
 
@@ -104,7 +105,7 @@ def websocket_over_socketpair(speedup, sent_before):
     server_end._sock = counter
     handler = type("Handler", (), {"socket": server_end, "rfile": server_end.makefile("rb", 4096), "logger": None})()
     if speedup:  # as deployment/patches/connection_memory.py does when pywsgi's handler starts
-        websocket_speedups.read_after_wait(handler.rfile, server_end)
+        connection_memory.read_after_wait(handler.rfile, server_end)
     peer.sendall(sent_before)
     assert handler.rfile.peek(1)  # in the reader's buffer now, as pywsgi may leave it after the request
     stream = object.__new__(gws.Stream)

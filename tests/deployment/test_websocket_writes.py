@@ -13,6 +13,7 @@ import time
 
 import engineio
 import gevent
+import gevent.monkey
 import gevent.queue
 import gevent.socket
 import pytest
@@ -284,6 +285,161 @@ def test_on_demand_writer_writes_what_engineio_writer_writes(upgrade):
     assert frames[-3:-1] == [(gws.WebSocket.OPCODE_TEXT, encoded(message(-1))), (gws.WebSocket.OPCODE_TEXT, b"1")]
     assert frames[-1][0] == gws.WebSocket.OPCODE_CLOSE
     assert received == [(packet.MESSAGE, '2["hi"]')]  # unfinished: as engineio's (the None it puts back)
+
+
+# --- the writer's wait: as long as engineio's ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["websocket_writes' poll", "control: engineio's poll"])
+def test_the_writer_waits_for_its_queue_as_long_as_engineio_s_writer(ours, monkeypatch):
+    """An upgraded socket's poll(): a queued packet at once; an empty queue, QueueEmpty after PING_INTERVAL +
+    PING_TIMEOUT, as engineio's (its writer then closes the WebSocket)."""
+    if not ours:
+        monkeypatch.setattr(engineio_socket.Socket, "poll", websocket_writes.ENGINEIO_POLL)
+    assert (engineio_socket.Socket.poll is websocket_writes.poll) == ours
+    server = engineio.Server(async_mode="gevent", ping_interval=0.2, ping_timeout=0.1)
+    sock = engineio_socket.Socket(server, "sid-1")
+    sock.upgraded = True
+    sock.queue.put(message(1))
+    sock.queue.put(message(2))
+    assert [p.data for p in sock.poll()] == [message(1).data, message(2).data]
+    start = time.monotonic()
+    with pytest.raises(engineio.exceptions.QueueEmpty):
+        sock.poll()
+    assert 0.25 <= time.monotonic() - start < 2
+    assert sock.queue.unfinished_tasks == 0
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["websocket_writes' poll", "control: engineio's poll"])
+def test_engineio_s_writer_with_nothing_to_write_ends_as_engineio_s_does(ours, monkeypatch):
+    """WEBSOCKET_WRITER_ON_DEMAND=false: engineio's handler and writer run with this module's poll(). A writer
+    that got nothing for PING_INTERVAL + PING_TIMEOUT closes the WebSocket, with engineio's poll as with ours."""
+    on_demand(False)
+    if not ours:
+        monkeypatch.setattr(engineio_socket.Socket, "poll", websocket_writes.ENGINEIO_POLL)
+    client = Client()
+    server = engineio.Server(async_mode="gevent", ping_interval=0.2, ping_timeout=0.1)
+    sock = engineio_socket.Socket(server, "sid-1")
+    handler = gevent.spawn(sock._websocket_handler, client)
+    gevent.sleep(0.01)
+    sock.send(message(1))
+    assert client.read_frames(1) == [(gws.WebSocket.OPCODE_TEXT, encoded(message(1)))]
+    assert client.read_frames(1, timeout=2)[0][0] == gws.WebSocket.OPCODE_CLOSE  # after ~0.3 s without packets
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+
+
+# --- sends from another thread -----------------------------------------------------------------------------------
+
+START_THREAD = gevent.monkey.get_original("_thread", "start_new_thread")  # an OS thread, even monkey-patched
+
+
+def in_a_thread(work):
+    """Runs work() in an OS thread of its own while this (the event loop's) thread keeps running its greenlets;
+    returns what work() returned, or raised."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(("returned", work()))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append(("raised", exc))
+
+    START_THREAD(run, ())
+    with gevent.Timeout(10):
+        while not outcome:
+            gevent.sleep(0.005)
+    return outcome[0]
+
+
+def test_a_send_from_another_thread_goes_out_in_order():
+    client = Client()
+    sock, handler = open_socket(client)
+    sock.send(message(0))  # from the loop's own thread
+
+    def sends():
+        for i in range(1, 6):
+            sock.send(message(i))
+        return "sent"
+
+    assert in_a_thread(sends) == ("returned", "sent")  # each send ran in the loop's thread, the caller waiting
+    sock.send(message(6))
+    assert [data for _, data in client.read_frames(7)] == [encoded(message(i)) for i in range(7)]
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+
+
+def test_control_without_handing_the_send_to_the_loop_it_is_lost_without_an_error(monkeypatch):
+    """What the hand-over prevents: the outbox of the calling thread's own (new) hub is never run, and the
+    packet never leaves, with no error anywhere."""
+    client = Client()
+    sock, handler = open_socket(client)
+    monkeypatch.setattr(websocket_writes, "THREAD_IDENT", lambda: sock.queue.hub.thread_ident)  # "same thread"
+    try:
+        assert in_a_thread(lambda: sock.send(message(1))) == ("returned", None)
+        with pytest.raises(gevent.Timeout):
+            client.read_frames(1, timeout=0.5)
+        assert len(websocket_writes.OUTBOX.items) == 1  # stuck: and later sends would wait behind it
+    finally:
+        websocket_writes.OUTBOX.items = []
+    client.incoming.put(None)
+    handler.join(timeout=5)
+
+
+def test_a_close_from_another_thread_writes_what_was_sent_then_closes():
+    client = Client()
+    sock, handler = open_socket(client)
+
+    def send_then_close():
+        sock.send(message(1))
+        return sock.close(wait=False)
+
+    assert in_a_thread(send_then_close) == ("returned", None)
+    frames = client.read_frames(3)
+    assert frames[:2] == [(gws.WebSocket.OPCODE_TEXT, encoded(message(1))), (gws.WebSocket.OPCODE_TEXT, b"1")]
+    assert frames[2][0] == gws.WebSocket.OPCODE_CLOSE
+    client.incoming.put(None)
+    handler.join(timeout=5)
+    assert handler.dead
+
+
+def test_a_send_from_another_thread_while_the_loop_is_blocked_waits_a_bounded_time_then_goes_out(caplog):
+    """The loop's thread blocked (not waiting in gevent): the other thread's send waits PING_INTERVAL +
+    PING_TIMEOUT, goes on with one warning, and the packet goes out once the loop runs again."""
+    client = Client()
+    server = engineio.Server(async_mode="gevent", ping_interval=0.2, ping_timeout=0.1)
+    sock = engineio_socket.Socket(server, "sid-1")
+    handler = gevent.spawn(sock._websocket_handler, client)
+    gevent.sleep(0.01)
+    assert sock.direct is not None
+    sock.last_ping = None  # no ping pending: the blocked loop must not look like a client gone silent
+    returned = []
+    START_THREAD(lambda: returned.append(sock.send(message(1))), ())
+    gevent.monkey.get_original("time", "sleep")(0.8)  # blocks this thread, and so the loop
+    assert returned == [None]  # it did not wait for ever
+    assert [r.getMessage() for r in caplog.records if "from another thread" in r.getMessage()] == [
+        "sid-1: a send() from another thread waited 0.3 s for the event loop; it runs when the loop does"
+    ]
+    assert client.read_frames(1) == [(gws.WebSocket.OPCODE_TEXT, encoded(message(1)))]
+    client.incoming.put(None)
+    handler.join(timeout=5)
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["websocket_writes' send", "control: engineio's send"])
+def test_a_send_from_another_thread_to_a_closed_socket_raises_there_as_engineio_s(ours):
+    if not ours:
+        websocket_writes.install(
+            None, None, Settings.from_env({"APP_ENV": "development", "WEBSOCKET_DIRECT_SEND": "false"})
+        )
+    client = Client()
+    sock, handler = open_socket(client, direct=ours)
+    sock.close(wait=False)
+    kind, value = in_a_thread(lambda: sock.send(message(1)))
+    assert kind == "raised" and isinstance(value, engineio.exceptions.SocketIsClosedError), (kind, value)
+    client.incoming.put(None)
+    handler.join(timeout=5)
 
 
 def test_the_app_installs_it(app):
