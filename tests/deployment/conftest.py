@@ -172,7 +172,7 @@ def sio_test_client(app):
     return lambda **kwargs: socketio.test_client(app, **kwargs)
 
 
-# --- Docker: a real engine and local stand-in images (tests/test_docker_*.py) --------------------------------
+# --- Docker: a real engine and local stand-in images (tests/deployment/test_docker_*.py) --------------------------
 @pytest.fixture(scope="session")
 def docker_engine():
     """A Docker engine that answers: the one running, or a dockerd started here (as root) and stopped after.

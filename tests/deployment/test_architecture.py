@@ -58,9 +58,9 @@ VIOLATIONS = {
         "deployment.patches.pins -> deployment.operations",
     ),
     "patch imports settings": (
-        "deployment/patches/json_codec.py",
+        "deployment/patches/websocket_writes.py",
         "from deployment.settings import Settings\n",
-        "deployment.patches.json_codec -> deployment.settings",
+        "deployment.patches.websocket_writes -> deployment.settings",
     ),
     "operations import the extension": (
         "deployment/operations/health.py",
