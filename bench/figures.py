@@ -646,6 +646,17 @@ def aa_spread(ab, scenario, metric, variant=None):
     return f"{min(figures['runs']):.3f}–{max(figures['runs']):.3f}"
 
 
+def speedups_paired():
+    """deployment/patches/README.md: the paired A/B of every speedup (bench/run --paired, bench/paired_report.py)."""
+    path = ROOT / "bench" / "results" / "speedups-paired" / "latest.json"
+    if not path.exists():
+        return "Not measured yet: the command above writes `bench/results/speedups-paired/latest.json`."
+    from paired_report import markdown  # bench/paired_report.py
+
+    text = markdown(json.loads(path.read_text()))[0]
+    return "From `bench/results/speedups-paired/latest.json`:\n\n" + text.rstrip("\n")
+
+
 def speedups_tables():
     """deployment/patches/README.md: each replacement, what it replaces, the versions it was verified against, the
     benchmark row it serves with its A/B figure, and the test that proves it answers as the library does."""
@@ -855,7 +866,7 @@ TARGETS = {
     "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
     "docs/configuration.md": {"recovery-setting": recovery_setting},
     "docs/docker.md": {"docker": docker_report},
-    "deployment/patches/README.md": {"speedups": speedups_tables},
+    "deployment/patches/README.md": {"speedups": speedups_tables, "speedups-paired": speedups_paired},
 }
 
 
