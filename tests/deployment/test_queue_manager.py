@@ -8,7 +8,6 @@ SOCKET_TIMEOUT" against "still waiting after twice that"."""
 import importlib.metadata
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import redis
 import requests
 import socketio
 from native_stack import free_port, port_is_free, redis_server_argv, wait_for
+from test_gunicorn_conf import output, start
 
 from deployment.operations import message_queue, recovery
 from deployment.operations.queue_manager import RETRY_SECONDS, SOCKET_TIMEOUT, QueueManager
@@ -304,38 +304,23 @@ importlib.metadata.version = _version
 
 
 def gunicorn(tmp_path, redis_url, fake_version):
-    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "PYTHONPATH")}
+    """One instance started by test_gunicorn_conf's start(), with CONNECTION_STATE_RECOVERY on."""
+    pythonpath = ""  # the caller's PYTHONPATH is not the instance's
     if fake_version:  # python-socketio reports a version connection_recovery was not verified against
         folder = tmp_path / "fake-version"
         folder.mkdir()
         (folder / "sitecustomize.py").write_text(FAKE_VERSION)
-        env["PYTHONPATH"] = str(folder)
-    port = free_port()
-    env.update(
+        pythonpath = str(folder)
+    return start(
+        tmp_path,
+        PYTHONPATH=pythonpath,
         APP_ENV="production",
-        SECRET_KEY=secrets.token_hex(32),
-        BIND=f"127.0.0.1:{port}",
         INSTANCE_NAME="recovering",
         REDIS_URL=redis_url,
         REDIS_WAIT_SECONDS="5",
         CONNECTION_STATE_RECOVERY="true",
         PYTHONUNBUFFERED="1",
     )
-    log = open(tmp_path / "gunicorn.log", "w+")
-    proc = subprocess.Popen(
-        [GUNICORN, "--config", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, port, log
-
-
-def output(log):
-    log.seek(0)
-    return log.read()
 
 
 def test_gunicorn_with_recovery_on_an_unverified_version_stops_with_the_line(tmp_path, redis_server):
