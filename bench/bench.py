@@ -1043,6 +1043,12 @@ def parse_args(argv):
         "the A/A template+SPEEDUPS=on is added if missing; --runs is not used; tables by bench/paired_report.py",
     )
     p.add_argument("--pairs", type=int, default=5, help="--paired: pairs per variant and scenario (default 5)")
+    p.add_argument(
+        "--paired-base",
+        default="template",
+        help="--paired: what each variant is paired with (default template); a template+NAME=VALUE measures a "
+        "speedup alone that others REQUIRE, e.g. base SPEEDUPS_SKIP=idle_websockets, variant ...=idle_websockets,websocket_writes",
+    )
     p.add_argument("--out", help="results folder (default bench/results, or bench/results/quick with --quick)")
     a = p.parse_args(argv)
     if a.quick:

@@ -646,15 +646,19 @@ def aa_spread(ab, scenario, metric, variant=None):
     return f"{min(figures['runs']):.3f}–{max(figures['runs']):.3f}"
 
 
-def speedups_paired():
-    """deployment/patches/README.md: the paired A/B of every speedup (bench/run --paired, bench/paired_report.py)."""
-    path = ROOT / "bench" / "results" / "speedups-paired" / "latest.json"
+def speedups_paired(folder="speedups-paired"):
+    """deployment/patches/README.md: a paired A/B of speedups (bench/run --paired, bench/paired_report.py)."""
+    path = ROOT / "bench" / "results" / folder / "latest.json"
+    shown = path.relative_to(ROOT).as_posix()
     if not path.exists():
-        return "Not measured yet: the command above writes `bench/results/speedups-paired/latest.json`."
+        return f"Not measured yet: the command above writes `{shown}`."
     from paired_report import markdown  # bench/paired_report.py
 
-    text = markdown(json.loads(path.read_text()))[0]
-    return "From `bench/results/speedups-paired/latest.json`:\n\n" + text.rstrip("\n")
+    doc = json.loads(path.read_text())
+    text = markdown(doc)[0]
+    base = doc.get("base", "template")
+    against = "" if base == "template" else f" (every pair against `{base[len('template+') :]}`, not the template)"
+    return f"From `{shown}`{against}:\n\n" + text.rstrip("\n")
 
 
 def speedups_tables():
@@ -866,7 +870,12 @@ TARGETS = {
     "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
     "docs/configuration.md": {"recovery-setting": recovery_setting},
     "docs/docker.md": {"docker": docker_report},
-    "deployment/patches/README.md": {"speedups": speedups_tables, "speedups-paired": speedups_paired},
+    "deployment/patches/README.md": {
+        "speedups": speedups_tables,
+        "speedups-paired": speedups_paired,
+        "speedups-alone-writes-memory": lambda: speedups_paired("speedups-alone-writes-memory"),
+        "speedups-alone-websocket": lambda: speedups_paired("speedups-alone-websocket"),
+    },
 }
 
 

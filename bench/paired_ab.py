@@ -158,11 +158,11 @@ def targets(facts, variant, off):
     return [n for n in off if n in facts.get("skipped", {}).get(variant, [])] or off
 
 
-def plan(facts, variants, scenarios):
+def plan(facts, variants, scenarios, base=BASE):
     """[(variant, scenario)]: each variant on the scenarios of the rows of the speedups it is for, the A/A on every
     scenario they need; with what each variant turns off, its rows, every row, and the (variant, scenario) left
     out by --scenarios."""
-    off = {v: [n for n in facts["expected_on"][BASE] if n not in facts["expected_on"][v]] for v in variants}
+    off = {v: [n for n in facts["expected_on"][base] if n not in facts["expected_on"][v]] for v in variants}
     rows = {}
     for variant in variants:
         named = [tuple(r) for name in targets(facts, variant, off[variant]) for r in facts["speedups"][name]["rows"]]
@@ -178,16 +178,20 @@ def plan(facts, variants, scenarios):
 
 def run(a, B):
     """bench/run --paired: --pairs rounds of (template, variant) pairs."""
-    systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    systems = [s.strip() for s in re.split(r",(?=template)", a.systems) if s.strip()]  # SPEEDUPS_SKIP=a,b stays one
     if any(not s.startswith("template") for s in systems):
         raise SystemExit("--paired compares template variants with the template: --systems takes template+NAME=VALUE")
-    variants = [s for s in systems if s != BASE]
-    if AA not in variants:
-        B.log(f"--paired: adding the A/A {AA} (the template again): each row is judged against its spread")
-        variants.insert(0, AA)
+    # --paired-base: the side every variant is paired with; another variant of the template measures a speedup
+    # alone whose absence would turn others off (skip idle_websockets in both, then websocket_writes in one)
+    base = a.paired_base
+    aa = AA if base == BASE else f"{base}+SPEEDUPS=on"  # the base again, under another name
+    variants = [s for s in systems if s != base]
+    if aa not in variants:
+        B.log(f"--paired: adding the A/A {aa} (the base again): each row is judged against its spread")
+        variants.insert(0, aa)
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    facts = speedup_facts(B, [BASE, *variants])
-    units, off, rows, everything, left_out = plan(facts, variants, scenarios)
+    facts = speedup_facts(B, [base, *variants])
+    units, off, rows, everything, left_out = plan(facts, variants, scenarios, base)
     for name in sorted({n for v in variants for n in targets(facts, v, off[v]) if not facts["speedups"][n]["rows"]}):
         B.log(f"speedup {name} declares no ROWS (its module): a variant that turns it off is run on every row")
     for variant, scenario in left_out:
@@ -223,7 +227,8 @@ def run(a, B):
         "limits_raised": {
             name: {"value": B.BENCH_HAPROXY_ENV[name], "why": w} for name, w in B.BENCH_HAPROXY_WHY.items()
         },
-        "aa": AA,
+        "aa": aa,
+        "base": base,
         "variants": {
             v: {
                 "turns_off": off[v],
@@ -255,7 +260,7 @@ def run(a, B):
             shift = (k - 1) % len(units)
             for index, (variant, scenario) in enumerate(units[shift:] + units[:shift]):
                 variant_first = (k + units.index((variant, scenario))) % 2 == 0  # alternates pair by pair
-                order = [variant, BASE] if variant_first else [BASE, variant]
+                order = [variant, base] if variant_first else [base, variant]
                 left = (a.pairs - k) * len(units) + len(units) - index
                 eta = f", about {left * statistics.median(per_pair) / 60:.0f} min left" if per_pair else ""
                 B.log(
@@ -278,7 +283,7 @@ def run(a, B):
                     "scenario": scenario,
                     "first": "variant" if variant_first else "template",
                     "seconds": round(per_pair[-1], 1),
-                    "template": sides[BASE],
+                    "template": sides[base],  # the base side (the template unless --paired-base)
                     "variant_side": sides[variant],
                 }
                 doc["pairs"].append(pair)
@@ -286,10 +291,10 @@ def run(a, B):
                 for row, metric in rows[variant] or everything:
                     if row_scenario(row) != scenario:
                         continue
-                    base = row_value(sides[BASE]["result"], row, metric)
+                    reference = row_value(sides[base]["result"], row, metric)
                     value = row_value(sides[variant]["result"], row, metric)
-                    if base and value is not None:
-                        shown.append(f"{row} {metric} {value / base:.3f}")
+                    if reference and value is not None:
+                        shown.append(f"{row} {metric} {value / reference:.3f}")
                 B.log(f"  variant/template: {'; '.join(shown) or 'no figure'} (pair took {per_pair[-1]:.0f} s)")
                 save()
     except KeyboardInterrupt:

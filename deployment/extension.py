@@ -9,7 +9,6 @@ from deployment.operations import (
     auth,
     emit_cli,
     health,
-    json_codec,
     log_effective_config,
     message_queue,
     metrics,
@@ -65,7 +64,6 @@ class Deployment:
             max_http_buffer_size=settings.max_http_buffer_size,
             async_handlers=settings.async_handlers,  # a handler that waits holds up none of the client's events
             cookie=settings.cookie.engineio_option(),  # the io cookie HAProxy sticks on (IO_COOKIE_*)
-            json=json_codec.json_option(settings, socketio),  # the app's own json=, the speedup's, or engineio's
         )
         app.wsgi_app = self.engineio_headers.wrap(app.wsgi_app)
         install_operations(socketio, app, settings)  # login gate, limits, metrics, logs, headers, recovery

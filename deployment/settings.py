@@ -24,7 +24,6 @@ FALSE_WORDS = {"0", "false", "no", "off", ""}
 SPEEDUP_NAMES = (
     "event_context",
     "session_cache",
-    "json_codec",
     "pywsgi_speedups",
     "websocket_speedups",
     "connection_memory",

@@ -21,7 +21,6 @@ log = logging.getLogger("patches")
 # name -> module: in deployment/patches/ where the speedup replaces a library's internals
 MODULES = {name: f"deployment.patches.{name}" for name in SPEEDUP_NAMES}
 MODULES["event_context"] = "deployment.operations.realtime_flask"  # a Flask subclass; its one patch in patches/
-MODULES["json_codec"] = "deployment.operations.json_codec"  # through SocketIO(json=...)
 MODULES["session_cache"] = "deployment.operations.session_cache"  # through app.session_interface
 
 
