@@ -166,7 +166,8 @@ def make_stack(system, replicas, extra_env=None):
         env.update(BENCH_TEMPLATE_ENV)
     env.update(variant_env(system))
     env.update(extra_env or {})
-    state_dir = tempfile.mkdtemp(prefix=f"bench-{system}-")
+    # no comma in the folder: HAProxy reads a comma in its runtime socket's path as a list of addresses
+    state_dir = tempfile.mkdtemp(prefix=f"bench-{system.replace(',', '+')}-")
     port = native_stack.free_port()
     if system == "template_alt":
         return module.Stack(state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON))
