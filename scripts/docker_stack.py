@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -150,23 +151,26 @@ def instances_of(client):
 class ComposeStack:
     """One compose project of the repo's docker-compose.yml, on a free published port (STACK_PORT)."""
 
-    def __init__(self, project, env=None, files=(), port=None):
+    def __init__(self, project, env=None, files=(), port=None, directory=ROOT, tls_port=None, cafile=None):
         self.project = project
         self.port = port or free_port()
-        self.files = [ROOT / "docker-compose.yml", *map(Path, files)]
+        self.tls_port, self.cafile = tls_port, cafile  # with docker-compose.tls.yml: STACK_TLS_PORT, its CA
+        self.directory = Path(directory)  # the project directory: its .env, build context and relative paths
+        self.files = [self.directory / "docker-compose.yml", *(self.directory / f for f in files)]
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in ("APP_REPLICAS", "STACK_PORT", "COMPOSE_FILE")},
             **(env or {}),
             "STACK_PORT": str(self.port),
+            **({"STACK_TLS_PORT": str(tls_port)} if tls_port else {}),
         }
         self.command = compose_command()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.tls_port}" if self.tls_port else f"http://127.0.0.1:{self.port}"
 
     def compose(self, *args, timeout=900, check=True, env=None):
-        argv = [*self.command, "-p", self.project, "--project-directory", str(ROOT)]
+        argv = [*self.command, "-p", self.project, "--project-directory", str(self.directory)]
         for file in self.files:
             argv += ["-f", str(file)]
         return run([*argv, *args], timeout=timeout, check=check, env={**self.env, **(env or {})})
@@ -205,7 +209,8 @@ class ComposeStack:
 
     def get(self, path, timeout=5, headers=None):
         request = urllib.request.Request(self.url + path, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        context = ssl.create_default_context(cafile=self.cafile) if self.tls_port else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.headers, response.read()
 
     def haproxy_metrics(self):

@@ -44,6 +44,8 @@ def compose(docker_images):
 def test_polling_handshake_sets_the_prefixed_io_cookie(compose):
     status, headers, body = compose.get("/socket.io/?EIO=4&transport=polling")
     sid = json.loads(body.decode()[1:])["sid"]
+    # the default: test_docker_settings.py's project, with PING_INTERVAL=7 in its .env, sends 7000
+    assert json.loads(body.decode()[1:])["pingInterval"] == 25000
     cookies = headers.get_all("Set-Cookie")
     cookie = next((c for c in cookies if c.startswith("io=")), None)
     assert cookie, cookies

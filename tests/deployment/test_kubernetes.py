@@ -78,6 +78,7 @@ def test_kustomization_renders_valid_resources_in_one_namespace():
     docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
     assert {doc["kind"] for doc in docs} == {
         "Namespace",
+        "ConfigMap",  # settings.env, by the configMapGenerator
         "Deployment",
         "Service",
         "PodDisruptionBudget",
@@ -98,6 +99,12 @@ def env_of(container):
     return {item["name"]: item for item in container["env"]}
 
 
+def settings_env():
+    """deploy/kubernetes/settings.env, which the kustomization gives the app through envFrom."""
+    lines = (K8S / "settings.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
 def test_app_deployment_probes_secrets_and_graceful_stop():
     deployment = resources()[("Deployment", "realtime-app")]
     pod = deployment["spec"]["template"]["spec"]
@@ -110,9 +117,9 @@ def test_app_deployment_probes_secrets_and_graceful_stop():
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "realtime-secrets", "key": name}
         assert "value" not in env[name]
     # gunicorn waits GRACEFUL_TIMEOUT for sockets on SIGTERM: Kubernetes must not kill it before
-    assert pod["terminationGracePeriodSeconds"] > int(env["GRACEFUL_TIMEOUT"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > int(settings_env()["GRACEFUL_TIMEOUT"])
     # one gunicorn worker: no WEB_CONCURRENCY, no -w
-    assert not {"WEB_CONCURRENCY", "GUNICORN_CMD_ARGS"} & set(env)
+    assert not {"WEB_CONCURRENCY", "GUNICORN_CMD_ARGS"} & (set(env) | set(settings_env()))
     assert "command" not in container and "args" not in container, "the image's CMD (gunicorn.conf.py) must run"
     assert container["ports"][0]["containerPort"] == 8000  # gunicorn.conf.py's default PORT
     assert container["resources"]["requests"] and container["resources"]["limits"]
@@ -123,6 +130,7 @@ def test_app_env_names_are_settings_the_app_reads():
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", table, re.M))
     documented |= set(re.findall(r"^\| `[A-Z0-9_]+` / `([A-Z][A-Z0-9_]+)`", table, re.M))
     assert set(env_of(app_container())) <= documented
+    assert set(settings_env()) <= documented
 
 
 def test_pods_run_locked_down_as_the_image_user():
