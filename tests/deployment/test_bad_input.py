@@ -16,6 +16,9 @@ from scenarios_faults import Load, flood, join_many, polling_outcome, scenario_b
 from deployment.operations import limits
 from deployment.settings import Settings
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 # Socket.IO-level garbage on a connected session: an `error` event, the session keeps working
 SOCKETIO_GARBAGE = [
     "not JSON",

@@ -31,6 +31,9 @@ import requests
 import socketio
 from native_stack import free_port
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "extending.md"
 EXAMPLES = ROOT / "examples"

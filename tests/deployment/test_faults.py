@@ -14,6 +14,9 @@ from scenarios_faults import (
     scenario_rolling_restart,
 )
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 
 def test_killed_instance_under_load_recovers_and_nobody_else_notices(own_stack):
     result = scenario_kill9(own_stack(), clients=24, interval=0.2)

@@ -21,6 +21,9 @@ import requests
 import socketio
 from native_stack import free_port
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 ROOT = Path(__file__).resolve().parents[2]
 LOADTEST = ROOT / "scripts" / "loadtest.py"
 AWSALB_CFG = ROOT / "tests" / "deployment" / "haproxy-awsalb.cfg"

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import pytest
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = [pytest.mark.stack, pytest.mark.root]
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv" / "bin" / "python").exists() else Path(sys.executable)
 GUNICORN = PYTHON.with_name("gunicorn")

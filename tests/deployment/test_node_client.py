@@ -1,7 +1,6 @@
 """Node's socket.io-client (>= 4.8, `withCredentials: true`) through the template's HAProxy."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,12 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "deployment" / "node" / "sio-client.mjs"
 
-pytestmark = pytest.mark.skipif(
-    not (
-        shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()
-    ),
-    reason="needs node and `npm ci` (scripts/test does both)",
-)
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.node,
+    pytest.mark.node,  # node and tests/deployment/node's npm ci (tests/conftest.py skips or fails without)
+]
 
 
 def run_node_clients(count, **options):

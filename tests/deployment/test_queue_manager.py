@@ -27,6 +27,9 @@ from deployment.operations.queue_manager import RETRY_SECONDS, SOCKET_TIMEOUT, Q
 from deployment.patches import connection_recovery
 from deployment.settings import ConfigError, Settings
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 

@@ -5,22 +5,19 @@ foreign offsets). The scenarios are scenarios_recovery.py's; nothing here assert
 
 import json
 import secrets
-import shutil
 import time
 
 import pytest
 import websocket
-from native_stack import ROOT
 from scenarios_recovery import Sender, cut_sessions, scenario
 
 from deployment.settings import ConfigError, Settings
 
-pytestmark = pytest.mark.skipif(
-    not (
-        shutil.which("node") and (ROOT / "tests" / "deployment" / "node" / "node_modules" / "socket.io-client").is_dir()
-    ),
-    reason="needs node and `npm ci` (scripts/test does both)",
-)
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.node,  # node and tests/deployment/node's npm ci (tests/conftest.py skips or fails without)
+]
 
 RECOVERY = {"CONNECTION_STATE_RECOVERY": "true", "EVENT_RATE": 0}
 

@@ -14,6 +14,9 @@ from scenarios_faults import stack_env
 from deployment.operations.message_queue import close_client, parse_sentinel_url, redis_client
 from deployment.settings import ConfigError, Settings, mask_url_password
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 SERVICE = "mymaster"
 
 

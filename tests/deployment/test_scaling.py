@@ -20,6 +20,9 @@ import pytest
 from native_stack import MAX_REPLICAS, ROOT, Stack, StackError, free_port, haproxy_command
 from ruamel.yaml import YAML
 
+# the full tier (tests/conftest.py): this module starts processes of the stack
+pytestmark = pytest.mark.stack
+
 # a scaled-down instance drains for DRAIN_SECONDS, then closes its sockets over CLOSE_SPREAD_SECONDS
 FAST_STOP = dict(DRAIN_SECONDS="0.5", CLOSE_SPREAD_SECONDS="1", GRACEFUL_TIMEOUT="8")
 
