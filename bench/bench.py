@@ -166,8 +166,9 @@ def make_stack(system, replicas, extra_env=None):
         env.update(BENCH_TEMPLATE_ENV)
     env.update(variant_env(system))
     env.update(extra_env or {})
-    # no comma in the folder: HAProxy reads a comma in its runtime socket's path as a list of addresses
-    state_dir = tempfile.mkdtemp(prefix=f"bench-{system.replace(',', '+')}-")
+    # no comma in the folder (HAProxy reads one in its runtime socket's path as a list of addresses), and a short
+    # name: a Unix socket's path has at most 107 bytes
+    state_dir = tempfile.mkdtemp(prefix=f"bench-{system.replace(',', '+')[:40]}-")
     port = native_stack.free_port()
     if system == "template_alt":
         return module.Stack(state_dir=state_dir, port=port, replicas=replicas, env=env, python=str(TEMPLATE_PYTHON))
