@@ -148,6 +148,27 @@ def instances_of(client):
     return [run["instance"] for run in client["runs"]]
 
 
+def copy_of_the_repo(tree):
+    """The files a clone of the repo has (tracked, and untracked but not ignored) copied to `tree`: the same
+    build context as the repo's, so building its image is a cache hit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    # the containers' users (the app's 10001, HAProxy's) read bind-mounted files: pytest's temp folders are 0700
+    for folder in [*(d for d in tree.rglob("*") if d.is_dir()), tree, *tree.parents]:
+        if folder in (Path("/"), Path("/tmp")):
+            break
+        folder.chmod(folder.stat().st_mode | 0o755)
+
+
 class ComposeStack:
     """One compose project of the repo's docker-compose.yml, on a free published port (STACK_PORT)."""
 

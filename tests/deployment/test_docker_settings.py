@@ -9,7 +9,6 @@ connected) and, here, a signed-in client that connects where the anonymous one i
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,28 +17,12 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from docker_stack import ComposeStack, docker
+from docker_stack import ComposeStack, copy_of_the_repo, docker
 from native_stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "rtsettings"
 DOTENV = "REQUIRE_LOGIN=true\nPING_INTERVAL=7\n"
-
-
-def copy_of_the_repo(tree):
-    """The files a clone has (tracked and not ignored): the same build context as the repo's, so the image
-    build is a cache hit."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        source = ROOT / name
-        if source.is_file():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, tree / name)
 
 
 @pytest.fixture(scope="module")
