@@ -15,6 +15,6 @@ def greet(data=None):
     name = data.get("name") if isinstance(data, dict) else None
     if not isinstance(name, str) or not name.strip():
         return {"error": "greet needs {'name': '<non-empty string>'}"}
-    greeting = f"Hi, {name.strip()[:40]}!"
+    greeting = f"Hello, {name.strip()[:40]}!"
     emit("greeted", {"greeting": greeting, "sid": request.sid}, broadcast=True, include_self=False)
     return greeting
