@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Run in a fresh interpreter: argv[1] = JSON {"fake_mismatch": name or null}; prints one JSON line.
 PROBE = r"""
-import importlib, json, logging, sys, types
+import importlib, json, logging, sys
 options = json.loads(sys.argv[1])
 import deployment.patches
 from deployment.settings import SPEEDUP_NAMES
@@ -49,35 +49,8 @@ class Keep(logging.Handler):
 logging.getLogger("patches").addHandler(Keep())
 from stack_app import create_app, socketio
 app = create_app()
-roots = {"app": app, "socketio": socketio, "server": socketio.server, "eio": socketio.server.eio,
-         "manager": socketio.server.manager}
-
-def walk(value, parts):
-    for part in parts:
-        name, _, key = part.partition("[")
-        value = getattr(value, name)
-        if key:
-            value = value[key.rstrip("]")]
-    return value
-
-def resolve(target):
-    # an importable dotted path first; else a path from one of the app's live objects (roots)
-    parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            return walk(importlib.import_module(".".join(parts[:cut])), parts[cut:])
-        except (ImportError, AttributeError):
-            continue
-    return walk(roots[parts[0]], parts[1:])
-
-def origin(value):
-    if isinstance(value, types.ModuleType):
-        return value.__name__
-    if isinstance(value, (types.FunctionType, types.MethodType, type)):
-        return getattr(value, "__func__", value).__module__
-    return type(value).__module__
-
-targets = {name: {t: origin(resolve(t)) for t in targets_of(name)} for name in modules}
+from replacements import live_roots, origins
+targets = {name: origins(targets_of(name), live_roots(app, socketio)) for name in modules}
 owners = {name: sorted({MODULES[name], f"deployment.patches.{name}"}) for name in modules}
 on = next((line.split(": ", 1)[1] for line in lines if line.startswith("speedups on: ")), "none")
 client = socketio.test_client(app)

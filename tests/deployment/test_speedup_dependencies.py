@@ -19,7 +19,7 @@ MINE = ("pywsgi_speedups", "websocket_speedups", "connection_memory", "websocket
 
 # argv[1] = JSON {"python": {module: versions} or null, "interpreter": version or null}; prints one JSON line
 PROBE = r"""
-import importlib, json, logging, sys, types
+import importlib, json, logging, sys
 options = json.loads(sys.argv[1])
 from deployment.patches import pins
 for name, versions in (options.get("python") or {}).items():  # a module pinned to a Python nobody runs
@@ -35,32 +35,10 @@ class Keep(logging.Handler):
 logging.getLogger("patches").addHandler(Keep())
 from stack_app import create_app, socketio
 app = create_app()
-roots = {"app": app, "socketio": socketio, "server": socketio.server, "eio": socketio.server.eio}
-
-def walk(value, parts):
-    for part in parts:
-        name, _, key = part.partition("[")
-        value = getattr(value, name)
-        if key:
-            value = value[key.rstrip("]")]
-    return value
-
-def resolve(target):
-    parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            return walk(importlib.import_module(".".join(parts[:cut])), parts[cut:])
-        except (ImportError, AttributeError):
-            continue
-    return walk(roots[parts[0]], parts[1:])
-
-def origin(value):
-    if isinstance(value, (types.FunctionType, types.MethodType, type)):
-        return getattr(value, "__func__", value).__module__
-    return type(value).__module__
+from replacements import live_roots, origins
 
 names = json.loads(sys.argv[2])
-targets = {name: {t: origin(resolve(t)) for t in importlib.import_module(f"deployment.patches.{name}").REPLACES}
+targets = {name: origins(importlib.import_module(f"deployment.patches.{name}").REPLACES, live_roots(app, socketio))
            for name in names}
 client = socketio.test_client(app)
 echo = client.emit("echo", {"n": 1}, callback=True)
