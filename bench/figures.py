@@ -873,7 +873,7 @@ TARGETS = {
     "deployment/patches/README.md": {
         "speedups": speedups_tables,
         "speedups-paired": speedups_paired,
-        "speedups-alone-writes-memory": lambda: speedups_paired("speedups-alone-writes-memory"),
+        "speedups-alone": lambda: speedups_paired("speedups-alone"),
         "speedups-alone-websocket": lambda: speedups_paired("speedups-alone-websocket"),
     },
 }

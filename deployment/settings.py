@@ -25,7 +25,6 @@ SPEEDUP_NAMES = (
     "event_context",
     "session_cache",
     "pywsgi_speedups",
-    "websocket_speedups",
     "connection_memory",
     "websocket_writes",
     "idle_websockets",

@@ -19,8 +19,8 @@ gunicorn's WORKER_CONNECTIONS no longer counts parked WebSockets (they hold no g
 APP_MAXCONN still caps the connections of an instance. gunicorn's access log (ACCESS_LOG, off by default) logs
 the upgrade request when its greenlet returns, that is when the WebSocket first parks, not when it closes.
 
-Needs websocket_writes' writer on demand (WEBSOCKET_DIRECT_SEND and WEBSOCKET_WRITER_ON_DEMAND, the default),
-which runs only on websocket_speedups' FrameWriter, and connection_memory's reads (connection_memory.ReadAfterWait):
+Needs websocket_writes' writer on demand (WEBSOCKET_DIRECT_SEND and WEBSOCKET_WRITER_ON_DEMAND, the default)
+and connection_memory's reads (connection_memory.ReadAfterWait):
 without them it stays off, one log line (REQUIRES, enforced by deployment/operations/speedups.py; install() says
 so for WEBSOCKET_WRITER_ON_DEMAND=false). Same packets, same order, same ends as the library's own code:
 tests/deployment/test_idle_websockets.py.
@@ -36,7 +36,7 @@ import io
 import gevent
 import greenlet
 
-from deployment.patches import pins, websocket_speedups, websocket_writes
+from deployment.patches import pins, websocket_writes
 from deployment.patches.connection_memory import ReadAfterWait
 
 try:
@@ -266,7 +266,7 @@ VERIFIED = {
     "python": ("3.11",),  # io.BufferedReader and socket.SocketIO internals, see the docstring
 }
 REPLACES = ["geventwebsocket.handler.WebSocketHandler.run_websocket"]  # connection_memory's, when this is off
-REQUIRES = ("websocket_speedups", "connection_memory", "websocket_writes")  # off without them (one log line)
+REQUIRES = ("connection_memory", "websocket_writes")  # off without them (one log line)
 # the benchmark rows of this module's A/B (deployment/patches/README.md)
 ROWS = [("memory_curve_5000", "app_kb_per_conn"), ("memory_curve_10000", "app_kb_per_conn")]
 PROVEN_BY = "tests/deployment/test_idle_websockets.py"  # same answers as the library's own code
@@ -276,8 +276,8 @@ ASYNC_MODES = ("gevent",)
 
 
 def install(socketio, app, settings):
-    """True if WebSockets now park when idle: on top of websocket_writes' writer on demand (on websocket_speedups'
-    FrameWriter, without which it never runs) and connection_memory's reads (see above); else one line, False."""
+    """True if WebSockets now park when idle: on top of websocket_writes' writer on demand (on its FrameWriter) and
+    connection_memory's reads (see above); else one line, False."""
     websocket_writes.PARK_WHEN_IDLE[0] = None
     if WebSocketHandler is None:
         return pins.stays_off("idle_websockets", "gevent-websocket is not installed")
@@ -286,13 +286,12 @@ def install(socketio, app, settings):
             "idle_websockets",
             "WEBSOCKET_WRITER_ON_DEMAND=false: it parks WebSockets only with websocket_writes' writer on demand",
         )
-    frames = websocket_speedups.gws.Stream.__init__ is websocket_speedups.stream_init
     writes = websocket_writes.installed_on_demand()
     reads = getattr(WebSocketHandler.__init__, "read_buffer_size", None) is not None
-    if not (frames and writes and reads):  # the installer checks REQUIRES: this is for a direct call
+    if not (writes and reads):  # the installer checks REQUIRES: this is for a direct call
         return pins.stays_off(
             "idle_websockets",
-            "it needs websocket_speedups, connection_memory and websocket_writes' writer on demand "
+            "it needs connection_memory and websocket_writes' writer on demand "
             "(WEBSOCKET_DIRECT_SEND, WEBSOCKET_WRITER_ON_DEMAND); a WebSocket keeps its greenlet",
         )
     WebSocketHandler.run_websocket = run_websocket

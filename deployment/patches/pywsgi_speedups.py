@@ -30,7 +30,7 @@ from http import client
 from gevent import pywsgi
 
 from deployment.patches import pins
-from deployment.patches.websocket_speedups import send_whole
+from deployment.patches.websocket_writes import send_whole
 
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # an RFC 9110 header name
 VALUE = r"[\t\x20-\x7e\x80-\xff]*"  # visible ASCII, Latin-1, spaces and tabs: no CR, LF or other control

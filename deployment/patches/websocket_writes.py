@@ -6,7 +6,7 @@ send() itself. With `WEBSOCKET_DIRECT_SEND` (default true), under gevent-websock
 - A packet for an idle WebSocket (nothing queued for its writer) goes to an outbox, which the event loop
   empties once it has run every greenlet that was ready: one send() each, in a row (so HAProxy gets them in
   one burst, as from engineio's writers), from the loop itself, no greenlet woken. That send() never waits
-  (websocket_speedups.FrameWriter.try_write): if the kernel takes none of a frame, the packet is queued for
+  (FrameWriter.try_write): if the kernel takes none of a frame, the packet is queued for
   the writer as before; if it takes part, a short greenlet writes the rest while later frames wait their turn.
   So a client that does not read never holds up the others (e.g. a broadcast to 500 clients).
 - The writer waits for its queue as engineio's does, at most PING_INTERVAL + PING_TIMEOUT seconds (then
@@ -23,9 +23,12 @@ app's own, gevent's threadpool) is run by a greenlet of that loop while the call
 there: the outbox, the writer and their greenlets belong to that loop. (engineio's own send() puts the packet
 in the queue from the caller's thread; its writer greenlet takes it from there.)
 
-Needs websocket_speedups (REQUIRES): the direct send and the writer on demand run only on its FrameWriter.
-Relies on engineio's Socket, gevent's queue and loop, gevent-websocket's frames (VERIFIED), and on nothing of
-CPython's own: no "python" pin.
+Every WebSocket frame goes out through a FrameWriter (gevent-websocket's Stream.__init__ replaced): one send()
+per frame instead of gevent's sendall(), which asks the kernel for SO_SNDBUF on every call, and sendall() only
+for what a full socket buffer leaves over; frames whole and in order whichever greenlet sends, and try_write(),
+the send that never waits, for the outbox. Relies on engineio's Socket, gevent's queue, loop and socket (send()
+with a timeout), gevent-websocket's frames and Stream (VERIFIED), and on nothing of CPython's own: no "python"
+pin.
 
 Same packets, in the same order, as engineio's writer: tests/deployment/test_websocket_writes.py.
 """
@@ -35,14 +38,14 @@ import logging
 import gevent
 from engineio import exceptions, packet
 from engineio import socket as engineio_socket
+from gevent.lock import Semaphore
 from gevent.monkey import get_original
 from gevent.queue import Empty
 
 from deployment.patches import pins
-from deployment.patches.websocket_speedups import FrameWriter
 
 try:
-    from geventwebsocket.websocket import Header, WebSocket
+    from geventwebsocket.websocket import Header, Stream, WebSocket
 except ImportError:  # without gevent-websocket (docs/configuration.md#without-gevent-websocket): engineio's own path
     WebSocket = None
 
@@ -50,10 +53,60 @@ ENGINEIO_SEND = engineio_socket.Socket.send
 ENGINEIO_POLL = engineio_socket.Socket.poll
 ENGINEIO_CLOSE = engineio_socket.Socket.close
 ENGINEIO_WEBSOCKET_HANDLER = engineio_socket.Socket._websocket_handler
+STREAM_INIT = Stream.__init__ if WebSocket is not None else None
 THREAD_IDENT = get_original("_thread", "get_ident")  # the OS thread's, not the greenlet's under monkey patching
 ALLOCATE_LOCK = get_original("_thread", "allocate_lock")  # a lock that blocks the OS thread
 
 log = logging.getLogger("patches")
+
+
+def send_whole(sock, data):
+    """gevent's sendall() without its getsockopt(SO_SNDBUF) per call: one send(), sendall() only for the rest."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+class FrameWriter:
+    """One WebSocket's writes: one send() per frame, and frames whole and in order, whichever greenlet sends."""
+
+    __slots__ = ("sock", "busy")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.busy = Semaphore()  # held while a frame is still going out
+
+    def write(self, data):
+        """gevent-websocket's raw_write (engineio's writer greenlet, close frames): waits for room, as sendall()."""
+        with self.busy:
+            send_whole(self.sock, data)
+
+    def try_write(self, data):
+        """Send now without ever waiting; False if nothing went out (the caller queues the frame instead)."""
+        if self.busy.locked():
+            return False
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # timeout 0: EAGAIN raises instead of waiting
+        except OSError:  # a full buffer, or a broken connection that engineio's writer will meet and close
+            return False
+        if sent < len(data):  # the kernel took part: a greenlet writes the rest, later frames wait for it
+            self.busy.acquire()
+            gevent.spawn_raw(self.write_rest, memoryview(data)[sent:])
+        return True
+
+    def write_rest(self, rest):
+        try:
+            self.sock.sendall(rest)
+        except OSError:
+            pass  # broken connection: the next read or write fails the same way and closes it
+        finally:
+            self.busy.release()
+
+
+def stream_init(stream, handler):
+    stream.handler = handler
+    stream.read = handler.rfile.read
+    stream.write = FrameWriter(handler.socket).write
 
 
 def frame(message):
@@ -366,10 +419,11 @@ REPLACES = [
     "engineio.socket.Socket.send",
     "engineio.socket.Socket.poll",
     "engineio.socket.Socket.close",
+    "geventwebsocket.websocket.Stream.__init__",
 ]
-REQUIRES = ("websocket_speedups",)  # its FrameWriter: without it nothing here ever runs (one log line)
 ASYNC_MODES = ("gevent",)
-ROWS = [("broadcast", "app_cpu_ms_per_1000")]  # the benchmark rows it serves (deployment/patches/README.md)
+# the benchmark rows it serves (deployment/patches/README.md)
+ROWS = [("broadcast", "app_cpu_ms_per_1000"), ("echo_ws", "app_cpu_ms_per_1000")]
 PROVEN_BY = "tests/deployment/test_websocket_writes.py"  # same answers as the library's own code
 
 
@@ -387,6 +441,8 @@ def install(socketio, app, settings):
     engineio_socket.Socket.poll = poll if enabled else ENGINEIO_POLL
     engineio_socket.Socket.close = close if enabled else ENGINEIO_CLOSE
     engineio_socket.Socket._websocket_handler = websocket_handler if enabled else ENGINEIO_WEBSOCKET_HANDLER
+    if WebSocket is not None:
+        Stream.__init__ = stream_init if enabled else STREAM_INIT
     if WebSocket is None:
         return pins.stays_off("websocket_writes", "gevent-websocket is not installed")
     if not settings.websocket_direct_send:

@@ -1,5 +1,5 @@
-"""The speedups that replace gevent's, gevent-websocket's and python-engineio's internals (websocket_speedups,
-connection_memory, websocket_writes, idle_websockets, pywsgi_speedups) run only where they can: each missing
+"""The speedups that replace gevent's, gevent-websocket's and python-engineio's internals (connection_memory,
+websocket_writes, idle_websockets, pywsgi_speedups) run only where they can: each missing
 dependency is faked in turn (a speedup it REQUIRES left off, a Python version it was not verified against, a
 setting that turns off what it builds on, an async_mode other than gevent) and the test checks the one log line,
 that the targets keep the library's own code, that the start log's list names exactly the speedups that run, and
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MINE = ("pywsgi_speedups", "websocket_speedups", "connection_memory", "websocket_writes", "idle_websockets")
+MINE = ("pywsgi_speedups", "connection_memory", "websocket_writes", "idle_websockets")
 
 # argv[1] = JSON {"python": {module: versions} or null, "interpreter": version or null}; prints one JSON line
 PROBE = r"""
@@ -132,8 +132,8 @@ REQUIRED = sorted({needed for name in MINE for needed in getattr(module(name), "
 
 @pytest.mark.parametrize("needed", REQUIRED)
 def test_without_a_speedup_it_requires_a_speedup_stays_off_with_one_line(needed):
-    """SPEEDUPS_SKIP=<what it needs>: e.g. websocket_writes without websocket_speedups' FrameWriter, whose direct
-    send and writer on demand would never run while the log listed it as on."""
+    """SPEEDUPS_SKIP=<what it needs>: e.g. idle_websockets without websocket_writes' writer on demand, which it
+    parks WebSockets on: it would never run while the log listed it as on."""
     result = probe(SPEEDUPS_SKIP=needed)
     off = {name: f"speedup {name} stays off: it needs " for name in dependents(needed)}
     check(result, off, skipped=[needed])
@@ -142,9 +142,8 @@ def test_without_a_speedup_it_requires_a_speedup_stays_off_with_one_line(needed)
         assert needed in line or any(n in line for n in dependents(needed)), line
 
 
-def test_websocket_writes_declares_what_it_needs():
-    assert "websocket_speedups" in module("websocket_writes").REQUIRES
-    assert {"websocket_speedups", "connection_memory", "websocket_writes"} <= set(module("idle_websockets").REQUIRES)
+def test_idle_websockets_declares_what_it_needs():
+    assert {"connection_memory", "websocket_writes"} <= set(module("idle_websockets").REQUIRES)
 
 
 PINNED_TO_PYTHON = [name for name in MINE if "python" in module(name).VERIFIED]
@@ -152,8 +151,8 @@ PINNED_TO_PYTHON = [name for name in MINE if "python" in module(name).VERIFIED]
 
 def test_what_relies_on_cpython_internals_pins_python():
     """connection_memory and idle_websockets read through io.BufferedReader and socket.SocketIO internals,
-    pywsgi_speedups parses with the email package's; websocket_speedups, websocket_writes rely on the libraries
-    only (their VERIFIED)."""
+    pywsgi_speedups parses with the email package's; websocket_writes relies on the libraries only (its
+    VERIFIED)."""
     assert set(PINNED_TO_PYTHON) == {"pywsgi_speedups", "connection_memory", "idle_websockets"}
     assert all(module(name).VERIFIED["python"] == ("3.11",) for name in PINNED_TO_PYTHON)
 

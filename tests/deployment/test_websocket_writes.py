@@ -24,7 +24,7 @@ from engineio import socket as engineio_socket
 from geventwebsocket import websocket as gws
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployment.patches import websocket_speedups, websocket_writes
+from deployment.patches import websocket_writes
 from deployment.settings import Settings
 
 log = logging.getLogger("test_websocket_writes")
@@ -32,7 +32,6 @@ log = logging.getLogger("test_websocket_writes")
 
 @pytest.fixture(autouse=True)
 def installed():
-    websocket_speedups.install()
     websocket_writes.install(None, None, Settings.from_env({"APP_ENV": "development"}))
     yield
     websocket_writes.install(None, None, Settings.from_env({"APP_ENV": "development"}))

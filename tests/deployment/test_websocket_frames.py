@@ -1,50 +1,15 @@
-"""deployment/patches/websocket_speedups.py gives the same bytes as gevent-websocket's own code, only faster (and,
-on a WebSocket, connection_memory.py's reads: one recv() per message)."""
+"""deployment/patches/websocket_writes.py's FrameWriter, which writes every WebSocket frame: one send() per frame,
+sendall() only for what a full buffer leaves; and, under it, connection_memory.py's reads: one recv() per
+message."""
 
 import os
-import random
 
 import gevent
 import gevent.socket
 import pytest
-from geventwebsocket import utf8validator
 from geventwebsocket import websocket as gws
 
-from deployment.patches import connection_memory, websocket_speedups
-
-ORIGINAL_MASK = gws.Header.mask_payload
-
-
-@pytest.fixture(scope="module", autouse=True)
-def installed():
-    websocket_speedups.install()
-
-
-def python_mask(mask, payload):
-    header = gws.Header(length=len(payload))
-    header.mask = mask
-    return ORIGINAL_MASK(header, payload)
-
-
-@pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 17, 125, 126, 1000, 65536 + 7])
-def test_unmasking_matches_the_pure_python_loop(length):
-    rng = random.Random(length)
-    payload = bytes(rng.getrandbits(8) for _ in range(length))
-    mask = os.urandom(4)
-    header = gws.Header(length=length)
-    header.mask = mask
-    fast = header.unmask_payload(payload)
-    assert fast == python_mask(mask, payload)
-    assert isinstance(fast, bytearray)
-    assert header.unmask_payload(fast) == payload  # masking twice gives the payload back
-
-
-def test_gevent_websocket_validates_utf8_with_wsaccel():
-    assert utf8validator.Utf8Validator.__module__ == "wsaccel.utf8validator"
-    validator = utf8validator.Utf8Validator()
-    assert validator.validate("héllo ✓".encode())[0]
-    validator.reset()
-    assert not validator.validate(b"\xc3\x28")[0]  # an invalid two-byte sequence
+from deployment.patches import connection_memory, websocket_writes
 
 
 class FakeSocket:
@@ -61,17 +26,33 @@ class FakeSocket:
 
 def test_one_send_per_frame_and_sendall_only_for_the_rest():
     whole = FakeSocket(accepts=1 << 20)
-    websocket_speedups.FrameWriter(whole).write(b"frame")
+    websocket_writes.FrameWriter(whole).write(b"frame")
     assert whole.sent == [b"frame"] and whole.sendall_calls == []
 
     full_buffer = FakeSocket(accepts=3)
-    websocket_speedups.FrameWriter(full_buffer).write(b"0123456789")
+    websocket_writes.FrameWriter(full_buffer).write(b"0123456789")
     assert full_buffer.sent == [b"012"] and full_buffer.sendall_calls == [b"3456789"]
 
 
-def test_the_app_installs_them(app):
-    assert gws.Header.unmask_payload is websocket_speedups.mask_payload
-    assert gws.Stream.__init__ is websocket_speedups.stream_init
+def test_the_app_installs_the_frame_writer(app):
+    assert gws.Stream.__init__ is websocket_writes.stream_init
+
+
+@pytest.mark.parametrize("frame_writer", [True, False], ids=["FrameWriter", "control: gevent-websocket's Stream"])
+def test_the_peer_gets_the_same_bytes_as_from_gevent_websockets_stream(frame_writer):
+    server_end, peer = gevent.socket.socketpair()
+    handler = type("Handler", (), {"socket": server_end, "rfile": server_end.makefile("rb"), "logger": None})()
+    stream = object.__new__(gws.Stream)
+    (websocket_writes.stream_init if frame_writer else ORIGINAL_STREAM_INIT)(stream, handler)
+    ws = gws.WebSocket({}, stream, handler)
+    messages = ["text", "é" * 300, b"\x00\x01" * 40000, ""]
+    for message in messages:
+        ws.send(message, binary=isinstance(message, bytes))
+    expected = b"".join(websocket_writes.frame(m) for m in messages)
+    received = b""
+    while len(received) < len(expected):
+        received += peer.recv(1 << 16)
+    assert received == expected
 
 
 class CountingSocket:
@@ -109,11 +90,11 @@ def websocket_over_socketpair(speedup, sent_before):
     peer.sendall(sent_before)
     assert handler.rfile.peek(1)  # in the reader's buffer now, as pywsgi may leave it after the request
     stream = object.__new__(gws.Stream)
-    (websocket_speedups.stream_init if speedup else ORIGINAL_STREAM_INIT)(stream, handler)
+    (websocket_writes.stream_init if speedup else ORIGINAL_STREAM_INIT)(stream, handler)
     return gws.WebSocket({}, stream, handler), peer, counter
 
 
-ORIGINAL_STREAM_INIT = gws.Stream.__init__
+ORIGINAL_STREAM_INIT = websocket_writes.STREAM_INIT  # gevent-websocket's own, kept when the module loaded
 
 
 @pytest.mark.parametrize("speedup", [True, False], ids=["ReadAfterWait", "control: gevent's reads"])
