@@ -7,8 +7,7 @@
   processes), `docker` (a Docker engine), `browser` (headless Chromium), `node` (Node's socket.io-client) and
   `root` (network namespaces, dockerd).
 
-A test is marked by the fixtures it uses (SERVICE_FIXTURES) or by its module (`pytestmark`); for pytest-xdist
-it also gets a group (below). Where what a mark
+A test is marked by the fixtures it uses (SERVICE_FIXTURES) or by its module (`pytestmark`). Where what a mark
 needs is missing, the test is skipped with the reason (`-rs` prints them), except in CI (CI=true), where it
 fails: a plain `pytest` on a laptop without Docker or root runs what it can and says what it left out.
 """
@@ -38,17 +37,12 @@ NEEDS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for kind in sorted({SERVICE_FIXTURES[f] for f in item.fixturenames if f in SERVICE_FIXTURES}):
             item.add_marker(kind)
         if not any(item.get_closest_marker(kind) for kind in FULL_TIER):
             item.add_marker("fast")
-        # pytest-xdist (scripts/test: -n N --dist loadgroup): a module's tests run on one worker, so its module and
-        # session fixtures start once there; every Docker test on one worker (one engine, its images built once)
-        group = "docker" if item.get_closest_marker("docker") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def missing(kind):
@@ -67,3 +61,18 @@ def pytest_runtest_setup(item):
             if os.environ.get("CI"):
                 pytest.fail(message)
             pytest.skip(message)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """scripts/test runs the suite on pytest-xdist workers: a module's tests on one worker (its module and session
+    fixtures start once there), and every module with "docker" in its name on one worker together (one engine,
+    which a worker starts and stops, one swarm, the images built once). xdist's own `--dist loadgroup` would do
+    it with marks, but it renames node ids in a way pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndDocker(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return "docker" if "docker" in module.rsplit("/", 1)[-1] else module
+
+    return ModulesAndDocker(config, log)
