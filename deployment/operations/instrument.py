@@ -303,6 +303,9 @@ class HandlerDoor:
         original = namespace_handler.trigger_event
         if getattr(original, "deployment_door", None) is self:
             return
+        # registered before on another server (one SocketIO bound to a new app): that door's gates are not this one's
+        while getattr(original, "deployment_door", None) is not None:
+            original = original.__wrapped__
         door = self
         key = namespace_handler.namespace
         any_namespace = key == "*"

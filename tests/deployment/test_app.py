@@ -239,6 +239,29 @@ def test_require_login_gates_class_based_namespaces_registered_before_and_after_
     assert connected == ["/before", "/after"]
 
 
+def test_a_class_based_namespace_bound_again_to_a_new_app_keeps_none_of_the_old_apps_gate():
+    """One SocketIO object bound to a second app (as tests do, one create_app() each): its class-based namespace
+    object is registered on the new server again; the first app's REQUIRE_LOGIN gate must not come along."""
+    from flask import Flask
+    from flask_socketio import Namespace
+
+    from deployment.extension import Deployment
+
+    class Board(Namespace):
+        def on_hello(self, _data=None):
+            return "hi"
+
+    first, socketio, deployment, settings = bare_app(REQUIRE_LOGIN="true")
+    socketio.on_namespace(Board("/board"))
+    deployment.init_app(first, socketio, settings)
+    assert not socketio.test_client(first, namespace="/board").is_connected("/board")  # gated there
+    second = Flask(__name__)
+    second.config["SECRET_KEY"] = "x" * 32
+    Deployment().init_app(second, socketio, Settings.from_env({"APP_ENV": "development"}))
+    client = socketio.test_client(second, namespace="/board")
+    assert client.is_connected("/board") and client.emit("hello", callback=True, namespace="/board") == "hi"
+
+
 def test_init_app_twice_on_one_app_is_refused():
     app, socketio, deployment, settings = bare_app()
     deployment.init_app(app, socketio, settings)
