@@ -493,6 +493,9 @@ def memory_breakdown_note():
     return "\n".join(lines)
 
 
+PREVIOUS_FULL_RUN = "previous-full-run.json"  # bench/results/latest.json as it was before the last full run
+
+
 def headline():
     """docs/performance.md's summary: the shipped template against Node's socket.io and python-socketio on ASGI."""
     doc = load("latest.json")
@@ -500,13 +503,19 @@ def headline():
     def get(scenario, system, key):
         return median(doc, scenario, system, key)
 
+    def spread(scenario, other):
+        """the runs' own ratios, min-max: how far this run's medians can be trusted"""
+        values = run_ratios(doc, scenario, "echo_per_s", other)
+        return f" (runs {min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
+
     echo = get("echo_ws", "template", "echo_per_s")
     parts = [
         f"WebSocket echo {echo:,.0f}/s, {fmt_ratio(ratio(echo, get('echo_ws', 'node', 'echo_per_s')))} "
-        "Node's socket.io",
+        "Node's socket.io" + spread("echo_ws", "node"),
         "long-polling echo "
         + fmt_ratio(ratio(get("echo_polling", "template", "echo_per_s"), get("echo_polling", "asgi", "echo_per_s")))
-        + " python-socketio's on ASGI",
+        + " python-socketio's on ASGI"
+        + spread("echo_polling", "asgi"),
     ]
     ours, node = (get("broadcast_ceiling", s, "ceiling_deliveries_per_s") for s in ("template", "node"))
     if ours is not None and node is not None:
@@ -524,6 +533,30 @@ def headline():
         + "; ".join(parts)
         + "."
     )
+    previous = load(PREVIOUS_FULL_RUN)
+    if previous["machine"]["date"] < doc["machine"]["date"]:  # the full run before this one, to compare against
+        prev = lambda scenario, other: ratio(  # noqa: E731
+            median(previous, scenario, "template", "echo_per_s"), median(previous, scenario, other, "echo_per_s")
+        )
+        spreads = [run_ratios(previous, s, "echo_per_s", o) for s, o in (("echo_ws", "node"), ("echo_polling", "asgi"))]
+        text += (
+            f" The full run before ({previous['machine']['date'][:10]}, template "
+            f"{previous['machine']['template_git'].split(' ')[0]}): {fmt_ratio(prev('echo_ws', 'node'))} Node's "
+            f"(runs {min(spreads[0]):.2f}–{max(spreads[0]):.2f}) and {fmt_ratio(prev('echo_polling', 'asgi'))} ASGI's "
+            f"(runs {min(spreads[1]):.2f}–{max(spreads[1]):.2f})."
+        )
+    previous = load(PREVIOUS_FULL_RUN)
+    if previous["machine"]["date"] < doc["machine"]["date"]:  # the full run before this one, to compare against
+        prev = lambda scenario, other: ratio(  # noqa: E731
+            median(previous, scenario, "template", "echo_per_s"), median(previous, scenario, other, "echo_per_s")
+        )
+        spreads = [run_ratios(previous, s, "echo_per_s", o) for s, o in (("echo_ws", "node"), ("echo_polling", "asgi"))]
+        text += (
+            f" The full run before ({previous['machine']['date'][:10]}, template "
+            f"{previous['machine']['template_git'].split(' ')[0]}): {fmt_ratio(prev('echo_ws', 'node'))} Node's "
+            f"(runs {min(spreads[0]):.2f}–{max(spreads[0]):.2f}) and {fmt_ratio(prev('echo_polling', 'asgi'))} ASGI's "
+            f"(runs {min(spreads[1]):.2f}–{max(spreads[1]):.2f})."
+        )
     shipped = next((c for c in doc.get("capacity", []) if c["variant"] == "shipped"), None)
     if shipped:
         text += (
@@ -531,23 +564,31 @@ def headline():
             f"{shipped['clients']:,} WebSocket clients ({shipped['failures']:,} failures)."
         )
     after = load(AFTER_PRUNING)
+    if after["machine"]["date"] < doc["machine"]["date"]:  # the run above is newer: it already is "after"
+        after = None
     text += (
-        f" After three speedups that did not pay for themselves were removed (template "
-        f"{after['machine']['template_git'].split(' ')[0]}, {after['machine']['date'][:10]}, "
-        f"{after['sizes']['runs']} runs): WebSocket echo "
-        + fmt_ratio(
-            ratio(median(after, "echo_ws", "template", "echo_per_s"), median(after, "echo_ws", "node", "echo_per_s"))
-        )
-        + " Node's, long-polling echo "
-        + fmt_ratio(
-            ratio(
-                median(after, "echo_polling", "template", "echo_per_s"),
-                median(after, "echo_polling", "asgi", "echo_per_s"),
+        ""
+        if after is None
+        else (
+            f" After three speedups that did not pay for themselves were removed (template "
+            f"{after['machine']['template_git'].split(' ')[0]}, {after['machine']['date'][:10]}, "
+            f"{after['sizes']['runs']} runs): WebSocket echo "
+            + fmt_ratio(
+                ratio(
+                    median(after, "echo_ws", "template", "echo_per_s"), median(after, "echo_ws", "node", "echo_per_s")
+                )
             )
+            + " Node's, long-polling echo "
+            + fmt_ratio(
+                ratio(
+                    median(after, "echo_polling", "template", "echo_per_s"),
+                    median(after, "echo_polling", "asgi", "echo_per_s"),
+                )
+            )
+            + " ASGI's, "
+            + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
+            + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
         )
-        + " ASGI's, "
-        + f"{median(after, 'connect', 'template', 'app_rss_kb_per_conn'):.0f} KB per connection (Node "
-        + f"{median(after, 'connect', 'node', 'app_rss_kb_per_conn'):.0f} KB)."
     )
     curve = load(latest_curve())
     at = lambda s, n: curve_kb(curve, s, n)  # noqa: E731
