@@ -68,6 +68,8 @@ def pytest_xdist_make_scheduler(config, log):
     fixtures start once there), and every module with "docker" in its name on one worker together (one engine,
     which a worker starts and stops, one swarm, the images built once). xdist's own `--dist loadgroup` would do
     it with marks, but it renames node ids in a way pytest 9 no longer reads."""
+    if config.getoption("markexpr") == "fast":  # no costly fixture in the fast tier: xdist's own, test by test
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ModulesAndDocker(LoadScopeScheduling):

@@ -116,6 +116,7 @@ def run(argv, cwd, timeout=900, **env):
     )
 
 
+@pytest.mark.stack  # the copy runs its end-to-end core through HAProxy, Redis and gunicorn
 def test_readme_steps_make_a_copy_whose_tests_pass(tmp_path):
     copy = fresh_copy(tmp_path / "my-app")
     steps = run(["bash", "-euo", "pipefail", "-c", readme_steps()], copy)
