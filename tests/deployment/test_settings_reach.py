@@ -16,16 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_configuration_table import documented
+from test_configuration_table import PATTERNS, documented  # what counts as reading a variable
 
 ROOT = Path(__file__).resolve().parents[2]
-PATTERNS = [
-    r'os\.getenv\("([A-Z][A-Z0-9_]+)"',
-    r'os\.environ\.get\("([A-Z][A-Z0-9_]+)"',
-    r'env_(?:str|bool|number|list|secret)\(env, "([A-Z][A-Z0-9_]+)"',
-    r"\$\{([A-Z][A-Z0-9_]+)",
-    r"defined\(([A-Z][A-Z0-9_]+)\)",
-]
 # what each file sets itself, for its own containers: the stack's wiring, not a user's setting
 WIRING = {
     "compose": {
