@@ -23,13 +23,18 @@ PATTERNS = [
 ]
 
 
-def variables_read():
+def read_by(*paths):
+    """The variables these files read (PATTERNS)."""
     found = set()
-    for source in SOURCES:
-        text = source.read_text()
+    for path in paths:
+        text = path.read_text()
         for pattern in PATTERNS:
             found.update(re.findall(pattern, text))
     return found
+
+
+def variables_read():
+    return read_by(*SOURCES)
 
 
 def documented(text):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_configuration_table import PATTERNS, documented  # what counts as reading a variable
+from test_configuration_table import documented, read_by  # what counts as reading a variable
 
 ROOT = Path(__file__).resolve().parents[2]
 # what each file sets itself, for its own containers: the stack's wiring, not a user's setting
@@ -28,15 +28,6 @@ WIRING = {
     "kubernetes": {"app": {"SECRET_KEY", "REDIS_PASSWORD", "REDIS_URL", "INSTANCE_NAME"}},
 }
 WIRING["swarm"] = WIRING["compose"]
-
-
-def read_by(*paths):
-    found = set()
-    for path in paths:
-        text = path.read_text()
-        for pattern in PATTERNS:
-            found.update(re.findall(pattern, text))
-    return found
 
 
 def app_settings():
