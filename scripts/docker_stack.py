@@ -110,6 +110,13 @@ def inspect(*ids):
     return json.loads(docker("inspect", *ids).stdout) if ids else []
 
 
+def nofile_limit(images, wanted=20000):
+    """NOFILE_LIMIT for the compose files: `wanted`, or the Docker daemon's own open-file limit where that is lower
+    (a container cannot be given more), as read in the Python image that `images` names."""
+    image = images.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
+    return str(min(wanted, int(docker("run", "--rm", "--entrypoint", "sh", image, "-c", "ulimit -Hn").stdout)))
+
+
 def haproxy_metrics(container, check=True):
     """HAProxy's Prometheus metrics, from inside its container (the stats port is not published)."""
     return docker("exec", container, "wget", "-q", "-O", "-", "http://127.0.0.1:8404/metrics", check=check).stdout

@@ -4,7 +4,7 @@ port HAProxy publishes. The Dockerfile's assets stage built demo/'s socket.io cl
 has none of the demo's tests."""
 
 import pytest
-from docker_stack import ComposeStack, docker
+from docker_stack import ComposeStack, docker, nofile_limit
 from test_demo_page import DemoPage
 
 PROJECT = "rtdemo"
@@ -13,9 +13,9 @@ NOFILE_LIMIT = 20000  # as tests/deployment/test_docker_compose.py: dockerd's op
 
 @pytest.fixture(scope="module")
 def compose(docker_images):
-    python_image = docker_images.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    limit = int(docker("run", "--rm", "--entrypoint", "sh", python_image, "-c", "ulimit -Hn").stdout)
-    stack = ComposeStack(PROJECT, {**docker_images, "NOFILE_LIMIT": str(min(NOFILE_LIMIT, limit)), "APP_REPLICAS": "2"})
+    stack = ComposeStack(
+        PROJECT, {**docker_images, "NOFILE_LIMIT": nofile_limit(docker_images, NOFILE_LIMIT), "APP_REPLICAS": "2"}
+    )
     stack.down("-v")
     stack.up("--build")
     yield stack

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from docker_stack import ComposeStack, Fleet, docker, instances_of
+from docker_stack import ComposeStack, Fleet, docker, instances_of, nofile_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "rtcompose"
@@ -23,15 +23,10 @@ def fleet(stack, clients=30, duration=6, **options):
     return run.ready, run.result()
 
 
-def daemon_nofile_limit(image):
-    return int(docker("run", "--rm", "--entrypoint", "sh", image, "-c", "ulimit -Hn").stdout)
-
-
 @pytest.fixture(scope="module")
 def compose(docker_images):
     """The repo's compose project, from a clean state: `down -v`, then `up --build` with NOFILE_LIMIT=20000."""
-    python_image = docker_images.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    env = {**docker_images, "NOFILE_LIMIT": str(min(NOFILE_LIMIT, daemon_nofile_limit(python_image)))}
+    env = {**docker_images, "NOFILE_LIMIT": nofile_limit(docker_images, NOFILE_LIMIT)}
     stack = ComposeStack(PROJECT, env)
     stack.down("-v")
     started = time.monotonic()

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import socketio
-from docker_stack import ComposeStack, copy_of_the_repo, docker
+from docker_stack import ComposeStack, copy_of_the_repo, nofile_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "rtdev"
@@ -65,9 +65,7 @@ def wait_for_answers(stack, expected, timeout):
 def tree(docker_images, tmp_path_factory):
     tree = tmp_path_factory.mktemp("dev") / "repo"
     copy_of_the_repo(tree)
-    python_image = docker_images.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    limit = int(docker("run", "--rm", "--entrypoint", "sh", python_image, "-c", "ulimit -Hn").stdout)
-    env = {**docker_images, "NOFILE_LIMIT": str(min(20000, limit)), "APP_REPLICAS": str(REPLICAS)}
+    env = {**docker_images, "NOFILE_LIMIT": nofile_limit(docker_images), "APP_REPLICAS": str(REPLICAS)}
     yield SimpleNamespace(path=tree, env=env)
     ComposeStack(PROJECT, env, directory=tree).down("-v")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from docker_stack import ComposeStack, copy_of_the_repo, docker
+from docker_stack import ComposeStack, copy_of_the_repo, nofile_limit
 from native_stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +33,7 @@ def configured(docker_images, tmp_path_factory):
     cert = tree / "haproxy" / "certs" / "site.pem"
     subprocess.run([str(tree / "scripts" / "dev-cert"), str(cert)], check=True, capture_output=True)
     cert.chmod(0o644)  # the HAProxy image's user reads it (docs/docker.md#https)
-    python_image = docker_images.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    limit = int(docker("run", "--rm", "--entrypoint", "sh", python_image, "-c", "ulimit -Hn").stdout)
-    env = {**docker_images, "NOFILE_LIMIT": str(min(20000, limit)), "APP_REPLICAS": "2"}
+    env = {**docker_images, "NOFILE_LIMIT": nofile_limit(docker_images), "APP_REPLICAS": "2"}
     stack = ComposeStack(
         PROJECT, env, files=["docker-compose.tls.yml"], directory=tree, tls_port=free_port(), cafile=str(cert)
     )
