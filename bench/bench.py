@@ -895,6 +895,9 @@ def machine():
         "loadavg_at_start": loadavg,
         "template_git": f"{TEMPLATE_REF[0]} (--template-ref)" if TEMPLATE_REF else f"{git} (work tree)",
         "template_alt_root": ALT_ROOT,
+        "template_alt_git": cmd_version(["git", "-C", ALT_ROOT, "describe", "--always", "--dirty"])
+        if ALT_ROOT
+        else None,
         "ulimit_nofile": [soft, hard],
         "haproxy_maxconn": native_stack.haproxy_maxconn(),
         "versions": {

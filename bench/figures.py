@@ -221,12 +221,9 @@ def fmt_ratio(value):
     return "–" if value is None else f"{value:.2f}x"
 
 
-def run_ratios(doc, scenario, key, other):
-    """Each run's own template / other ratio (both measured in that run), where the run has both."""
-    values = [
-        ratio(*(run.get(scenario, {}).get(system, {}).get(key) for system in ("template", other)))
-        for run in doc["runs"]
-    ]
+def run_ratios(doc, scenario, key, other, system="template"):
+    """Each run's own system / other ratio (both measured in that run), where the run has both."""
+    values = [ratio(*(run.get(scenario, {}).get(s, {}).get(key) for s in (system, other))) for run in doc["runs"]]
     return [value for value in values if value is not None]
 
 
@@ -496,6 +493,12 @@ def memory_breakdown_note():
 PREVIOUS_FULL_RUN = "previous-full-run.json"  # bench/results/latest.json as it was before the last full run
 
 
+def other_cpu(earlier, later):
+    """', on another CPU (X; this run: Y)' where two runs' machines differ: their ratios then do not compare."""
+    cpus = earlier["machine"].get("cpu_model"), later["machine"].get("cpu_model")
+    return "" if cpus[0] == cpus[1] else f", on another CPU: {cpus[0]}; this run: {cpus[1]}"
+
+
 def headline():
     """docs/performance.md's summary: the shipped template against Node's socket.io and python-socketio on ASGI."""
     doc = load("latest.json")
@@ -541,7 +544,8 @@ def headline():
         spreads = [run_ratios(previous, s, "echo_per_s", o) for s, o in (("echo_ws", "node"), ("echo_polling", "asgi"))]
         text += (
             f" The full run before ({previous['machine']['date'][:10]}, template "
-            f"{previous['machine']['template_git'].split(' ')[0]}): {fmt_ratio(prev('echo_ws', 'node'))} Node's "
+            f"{previous['machine']['template_git'].split(' ')[0]}{other_cpu(previous, doc)}): "
+            f"{fmt_ratio(prev('echo_ws', 'node'))} Node's "
             f"(runs {min(spreads[0]):.2f}–{max(spreads[0]):.2f}) and {fmt_ratio(prev('echo_polling', 'asgi'))} ASGI's "
             f"(runs {min(spreads[1]):.2f}–{max(spreads[1]):.2f})."
         )
@@ -711,6 +715,63 @@ def polling_check():
             f"Node {cpu['node']:.0f} ms."
         )
     )
+
+
+BEFORE_AFTER = "before-after/latest.json"  # bench/run --systems template,template_alt,node,asgi --template-root DIR
+
+
+def before_after():
+    """docs/performance.md: the code of the full run before (a checkout of it, system template_alt) and today's,
+    interleaved on one machine: do the echo ratios against Node and ASGI move with the code or with the machine?"""
+    path = ROOT / "bench" / "results" / BEFORE_AFTER
+    if not path.exists():
+        return (
+            "Not measured yet: `git worktree add --detach /tmp/before REV`, then `bench/run --systems "
+            "template,template_alt,node,asgi --template-root /tmp/before --scenarios echo_ws,echo_polling --runs 5 "
+            "--out bench/results/before-after`."
+        )
+    doc, previous = load(BEFORE_AFTER), load(PREVIOUS_FULL_RUN)
+    machine = doc["machine"]
+    before = (machine.get("template_alt_git") or "?").split(" ")[0]
+    now = machine["template_git"].split(" ")[0]
+    lines = [
+        f"From `bench/results/{BEFORE_AFTER}` ({machine['date'][:10]}, {machine['cpu_model']}, "
+        f"{doc['sizes']['runs']} interleaved runs, {doc['sizes']['echo_clients']} clients per echo scenario): the "
+        f"template at {before} (the code of the full run before, which ran on {previous['machine']['cpu_model']}) "
+        f"and at {now}, Node and ASGI, one after the other in every run. *Runs*: each run's own ratio; *before "
+        "within now's runs*: the ratio at "
+        f"{before} is not above the highest of the runs at {now}.",
+        "",
+        f"| echo ratio (throughput) | at {before} | at {now} | runs at {now} | before within now's runs |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, scenario, other in (
+        ("WebSocket vs Node", "echo_ws", "node"),
+        ("WebSocket vs ASGI", "echo_ws", "asgi"),
+        ("long-polling vs ASGI", "echo_polling", "asgi"),
+        ("long-polling vs Node", "echo_polling", "node"),
+    ):
+        before_ratio, now_ratio = (
+            ratio(median(doc, scenario, system, "echo_per_s"), median(doc, scenario, other, "echo_per_s"))
+            for system in ("template_alt", "template")
+        )
+        runs = run_ratios(doc, scenario, "echo_per_s", other)
+        within = before_ratio <= max(runs)
+        lines.append(
+            f"| {label} | {fmt_ratio(before_ratio)} | {fmt_ratio(now_ratio)} | "
+            f"{min(runs):.2f}–{max(runs):.2f} | {'yes' if within else '**no**'} |"
+        )
+    lines += ["", f"| app CPU per 1,000 messages | at {before} | at {now} | now / before | ASGI | Node |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for label, scenario in (("WebSocket echo", "echo_ws"), ("long-polling echo", "echo_polling")):
+        cpu = {s: median(doc, scenario, s, "app_cpu_ms_per_1000") for s in ("template_alt", "template", "asgi", "node")}
+        pairs = run_ratios(doc, scenario, "app_cpu_ms_per_1000", "template_alt")
+        lines.append(
+            f"| {label} | {cpu['template_alt']:.0f} ms | {cpu['template']:.0f} ms | "
+            f"{fmt_ratio(ratio(cpu['template'], cpu['template_alt']))} (runs {min(pairs):.2f}–{max(pairs):.2f}) | "
+            f"{cpu['asgi']:.0f} ms | {cpu['node']:.0f} ms |"
+        )
+    return "\n".join(lines)
 
 
 def speedups_paired(folder="speedups-paired"):
@@ -933,6 +994,7 @@ TARGETS = {
         "memory-curve": memory_curve_note,
         "memory-breakdown": memory_breakdown_note,
         "polling-check": polling_check,
+        "before-after": before_after,
     },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
