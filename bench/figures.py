@@ -789,6 +789,15 @@ def speedups_paired(folder="speedups-paired"):
     return f"From `{shown}`{against}:\n\n" + text.rstrip("\n")
 
 
+PAIRED_ONLY = {"event_greenlets": "event-greenlets-paired"}  # speedups measured by a paired A/B of their own only
+
+
+def paired_rows(name):
+    """The rows of bench/paired_report.py's summary for a speedup of PAIRED_ONLY, or None."""
+    path = ROOT / "bench" / "results" / PAIRED_ONLY.get(name, "-") / "latest-paired.json"
+    return json.loads(path.read_text())["speedups"][name]["rows"] if path.exists() else None
+
+
 def speedups_tables():
     """deployment/patches/README.md: each replacement, what it replaces, the versions it was verified against, the
     benchmark row it serves with its A/B figure, and the test that proves it answers as the library does."""
@@ -828,8 +837,18 @@ def speedups_tables():
         module = module_of(name)
         replaces, verified = described(name)
         variant = f"template+SPEEDUPS_SKIP={name}"
-        figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
-        spread = "<br>".join(aa_spread(ab, *row, variant=variant) for row in module.ROWS)
+        paired = paired_rows(name)
+        if paired:  # measured only by a paired A/B of its own
+            figures = "<br>".join(
+                f"{r['row']} {METRIC_LABELS[r['metric']]}: **{r['median']:.3f}** (paired: "
+                + "/".join(f"{v:.3f}" for v in r["pairs"])
+                + ")"
+                for r in paired
+            )
+            spread = "<br>".join(f"{r['aa_range'][0]:.3f}–{r['aa_range'][1]:.3f}" for r in paired)
+        else:
+            figures = "<br>".join(ab_cell(ab, variant, *row) for row in module.ROWS)
+            spread = "<br>".join(aa_spread(ab, *row, variant=variant) for row in module.ROWS)
         lines.append(f"| `{name}` | {replaces} | {verified} | {figures} | {spread} | `{module.PROVEN_BY}` |")
     lines += [
         "",
@@ -1005,6 +1024,7 @@ TARGETS = {
         "speedups-paired": speedups_paired,
         "speedups-alone": lambda: speedups_paired("speedups-alone"),
         "speedups-alone-websocket": lambda: speedups_paired("speedups-alone-websocket"),
+        "event-greenlets-paired": lambda: speedups_paired("event-greenlets-paired"),
     },
 }
 

@@ -21,4 +21,4 @@ it, deployment.operations may use deployment.patches, and deployment.patches use
 
 # Importing the package imports nothing else: gunicorn.conf.py reads deployment.settings in gunicorn's master,
 # which must not load Flask, redis or gevent before the worker patches them.
-__version__ = "2.2.0"
+__version__ = "2.3.0"

@@ -24,6 +24,7 @@ FALSE_WORDS = {"0", "false", "no", "off", ""}
 SPEEDUP_NAMES = (
     "event_context",
     "session_cache",
+    "event_greenlets",
     "pywsgi_speedups",
     "connection_memory",
     "websocket_writes",

@@ -73,9 +73,16 @@ def doc(variant_ratios):
     }
 
 
-def test_the_verdict_compares_each_pair_with_the_aa_range_on_the_same_row():
-    assert paired_report.verdict([1.2, 1.3, 1.25], [0.95, 1.05])[0] == "clears the A/A spread"
-    assert paired_report.verdict([1.2, 1.0, 1.25], [0.95, 1.05])[0] == "median clears (2 of 3 pairs)"
+def test_the_verdict_compares_the_median_with_the_aa_range_and_the_pairs_with_the_aa_pairs():
+    aa = [0.95, 1.05, 0.99, 1.02, 0.97]
+    # every pair above every A/A pair: the smallest p there is with 5 and 5 (1 split of 252)
+    assert paired_report.verdict([1.2, 1.3, 1.25, 1.1, 1.15], aa) == ("clears the A/A spread (p 0.004)", 5)
+    # one pair inside the A/A range: the median still clears, and the rank test too
+    assert paired_report.verdict([1.2, 1.0, 1.25, 1.1, 1.15], aa)[0] == "clears the A/A spread (p 0.016)"
+    # a median beyond the range but pairs that mix with the A/A's: not enough
+    assert paired_report.verdict([1.06, 0.9, 1.07, 0.94, 1.08], aa)[0] == "median beyond, not significant (p 0.345)"
+    # with 3 and 2 pairs no split order is rare enough (1 in 10)
+    assert paired_report.verdict([1.2, 1.3, 1.25], [0.95, 1.05])[0] == "median beyond, not significant (p 0.100)"
     assert paired_report.verdict([1.04, 1.2, 0.9], [0.95, 1.05])[0] == "within the spread"
     assert paired_report.verdict([0.8, 0.85, 0.9], [0.95, 1.05])[0] == "below the spread (costs)"
     assert paired_report.verdict([1.2], [1.0])[0] == "no A/A to judge by"

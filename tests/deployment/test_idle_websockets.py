@@ -18,6 +18,7 @@ from gevent import pywsgi
 from geventwebsocket.handler import WebSocketHandler
 
 from deployment.patches import idle_websockets, websocket_writes
+from deployment.patches.event_greenlets import EventRunner
 from deployment.settings import Settings
 
 OPCODE_TEXT, OPCODE_CLOSE = 0x1, 0x8
@@ -115,9 +116,14 @@ def settle(seconds=0.2):
 
 
 def reading_greenlets():
-    """Greenlets alive in this process that are neither the hub nor this test's own."""
+    """Greenlets alive in this process that are neither the hub nor this test's own, nor event_greenlets' runners
+    waiting for the next event (they run events, not reads)."""
     current, hub = greenlet.getcurrent(), gevent.get_hub()
-    alive = [g for g in gc.get_objects() if isinstance(g, greenlet.greenlet) and g and g not in (current, hub)]
+    alive = [
+        g
+        for g in gc.get_objects()
+        if isinstance(g, greenlet.greenlet) and g and g not in (current, hub) and not isinstance(g, EventRunner)
+    ]
     return len(alive)
 
 
