@@ -720,25 +720,25 @@ def polling_check():
 BEFORE_AFTER = "before-after/latest.json"  # bench/run --systems template,template_alt,node,asgi --template-root DIR
 
 
-def before_after():
+def before_after(name=BEFORE_AFTER):
     """docs/performance.md: the code of the full run before (a checkout of it, system template_alt) and today's,
     interleaved on one machine: do the echo ratios against Node and ASGI move with the code or with the machine?"""
-    path = ROOT / "bench" / "results" / BEFORE_AFTER
+    path = ROOT / "bench" / "results" / name
     if not path.exists():
         return (
             "Not measured yet: `git worktree add --detach /tmp/before REV`, then `bench/run --systems "
             "template,template_alt,node,asgi --template-root /tmp/before --scenarios echo_ws,echo_polling --runs 5 "
             "--out bench/results/before-after`."
         )
-    doc, previous = load(BEFORE_AFTER), load(PREVIOUS_FULL_RUN)
+    doc = load(name)
     machine = doc["machine"]
     before = (machine.get("template_alt_git") or "?").split(" ")[0]
     now = machine["template_git"].split(" ")[0]
     lines = [
-        f"From `bench/results/{BEFORE_AFTER}` ({machine['date'][:10]}, {machine['cpu_model']}, "
+        f"From `bench/results/{name}` ({machine['date'][:10]}, {machine['cpu_model']}, "
         f"{doc['sizes']['runs']} interleaved runs, {doc['sizes']['echo_clients']} clients per echo scenario): the "
-        f"template at {before} (the code of the full run before, which ran on {previous['machine']['cpu_model']}) "
-        f"and at {now}, Node and ASGI, one after the other in every run. *Runs*: each run's own ratio; *before "
+        f"template at {before} and at {now}, Node and ASGI, one after the other in every run. *Runs*: each run's "
+        "own ratio; *before "
         "within now's runs*: the ratio at "
         f"{before} is not above the highest of the runs at {now}.",
         "",
@@ -939,11 +939,12 @@ def speedups_tables():
 
 
 AFTER_PRUNING = "after-pruning/latest.json"  # bench/run of template, node, asgi after the speedups' pruning
+BEFORE_PRUNING = "before-pruning.json"  # the full run before it (385ae30), bench/results/latest.json then
 
 
 def after_pruning():
-    """docs/performance.md: the goals' ratios before the pruning (latest.json) and after it, runs side by side."""
-    before, after = load("latest.json"), load(AFTER_PRUNING)
+    """docs/performance.md: the goals' ratios before the pruning (BEFORE_PRUNING) and after it, side by side."""
+    before, after = load(BEFORE_PRUNING), load(AFTER_PRUNING)
     rows = [
         ("WebSocket echo, echoes/s vs Node", "echo_ws", "echo_per_s", "node"),
         ("WebSocket echo, app CPU per 1,000 vs Node", "echo_ws", "app_cpu_ms_per_1000", "node"),
@@ -954,8 +955,10 @@ def after_pruning():
     ]
     lines = [
         f"Template ÷ reference, medians (single runs in brackets). Before: {before['sizes']['runs']} runs at "
-        f"{before['machine']['template_git'].split(' ')[0]}; after: {after['sizes']['runs']} runs at "
-        f"{after['machine']['template_git'].split(' ')[0]} ({after['machine']['date'][:10]}).",
+        f"{before['machine']['template_git'].split(' ')[0]} ({before['machine']['date'][:10]}, "
+        f"{before['machine']['cpu_model']}); after: {after['sizes']['runs']} runs at "
+        f"{after['machine']['template_git'].split(' ')[0]} ({after['machine']['date'][:10]}, "
+        f"{after['machine']['cpu_model']}).",
         "",
         "| row | before the pruning | after the pruning |",
         "|---|---|---|",
@@ -1014,6 +1017,7 @@ TARGETS = {
         "memory-breakdown": memory_breakdown_note,
         "polling-check": polling_check,
         "before-after": before_after,
+        "before-after-d87e299": lambda: before_after("before-after-d87e299/latest.json"),
     },
     "docs/scaling.md": {"capacity": capacity_note},
     "docs/operations.md": {"faults": fault_table, "recovery": recovery_table},
