@@ -738,9 +738,7 @@ def before_after(name=BEFORE_AFTER):
         f"From `bench/results/{name}` ({machine['date'][:10]}, {machine['cpu_model']}, "
         f"{doc['sizes']['runs']} interleaved runs, {doc['sizes']['echo_clients']} clients per echo scenario): the "
         f"template at {before} and at {now}, Node and ASGI, one after the other in every run. *Runs*: each run's "
-        "own ratio; *before "
-        "within now's runs*: the ratio at "
-        f"{before} is not above the highest of the runs at {now}.",
+        f"own ratio; *before within now's runs*: the ratio at {before} is not above the highest of the runs at {now}.",
         "",
         f"| echo ratio (throughput) | at {before} | at {now} | runs at {now} | before within now's runs |",
         "| --- | --- | --- | --- | --- |",

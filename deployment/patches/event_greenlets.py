@@ -23,7 +23,7 @@ import contextvars
 import sys
 
 import gevent
-from greenlet import getcurrent, greenlet
+from greenlet import greenlet
 
 from deployment.patches import pins
 
@@ -97,9 +97,10 @@ class EventGreenlets:
 def event_dispatch(server, pool):
     """server.start_background_task, with python-socketio's event handling sent to the pool."""
     library = server.start_background_task
+    handle_event = server._handle_event_internal  # bound once: this runs for every event
 
     def start_background_task(target, *args, **kwargs):
-        if target == server._handle_event_internal and not kwargs:
+        if target == handle_event and not kwargs:
             pool.spawn(target, *args)
             return None  # python-socketio does not keep the task of an event
         return library(target, *args, **kwargs)
@@ -121,12 +122,6 @@ def install(socketio, app, settings):
     server.event_greenlets = EventGreenlets()
     server.start_background_task = event_dispatch(server, server.event_greenlets)
     return True
-
-
-def current_runner():
-    """The EventRunner running the current event, or None (the tests)."""
-    current = getcurrent()
-    return current if isinstance(current, EventRunner) else None
 
 
 VERIFIED = {"python-socketio": ("5.18.1",), "gevent": ("26.9.0",), "greenlet": ("3.5.6",), "python": ("3.11",)}

@@ -90,9 +90,8 @@ def test_events_that_wait_run_side_by_side(patched):
         assert sio.event_greenlets.made == 5 and len(sio.event_greenlets.idle) == 5
 
 
-@pytest.mark.parametrize("patched", [True, False])
-def test_each_event_starts_with_a_fresh_context_and_fresh_greenlet_locals(patched):
-    sio, _ = make_server(patched)
+def what_events_see(sio, count):
+    """[(the contextvar, a gevent.local's value)] as each of `count` events finds them; each event sets both."""
     local, seen = gevent.local.local(), []
 
     @sio.on("probe")
@@ -102,27 +101,23 @@ def test_each_event_starts_with_a_fresh_context_and_fresh_greenlet_locals(patche
         local.value = n
 
     SEEN.set("the caller's")
-    for n in range(5):
+    for n in range(count):
         event(sio, "probe", n)
         settle()
-    assert seen == [("unset", None)] * 5
+    return seen
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_each_event_starts_with_a_fresh_context_and_fresh_greenlet_locals(patched):
+    sio, _ = make_server(patched)
+    assert what_events_see(sio, 5) == [("unset", None)] * 5
 
 
 def test_control_without_the_end_of_event_links_greenlet_locals_leak_to_the_next_event(monkeypatch):
     """The test above can fail: a runner that does not drop gevent.local's storage shows the last event's."""
     monkeypatch.setattr(event_greenlets.EventRunner, "end_event", lambda self: None)
     sio, _ = make_server(True)
-    local, seen = gevent.local.local(), []
-
-    @sio.on("probe")
-    def probe(sid, n):
-        seen.append(getattr(local, "value", None))
-        local.value = n
-
-    for n in range(3):
-        event(sio, "probe", n)
-        settle()
-    assert seen == [None, 0, 1]
+    assert [value for _, value in what_events_see(sio, 3)] == [None, 0, 1]
 
 
 @pytest.mark.parametrize("patched", [True, False])
